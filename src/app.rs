@@ -1,0 +1,143 @@
+//! Wires the real parts together: the embedded phonebook (unless a remote one is
+//! configured), the camera feed, the buttons and the device, until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::device;
+use crate::gpio::simulated;
+use crate::media::{self, fanout::VideoFeed, pipeline};
+use crate::signalling::server::PhonebookServer;
+
+/// Options of `peercam run` that are not settings.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Read single keys from the terminal when there is one.
+    pub terminal: bool,
+}
+
+/// Runs the camera daemon until `shutdown`.
+pub async fn run(
+    settings: Settings,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    media::init()?;
+    pipeline::check_elements(&settings.video)?;
+    let description = pipeline::describe(&settings.video)?;
+    info!(board = %settings.board, pipeline = %description, "camera");
+
+    let mut tasks = Vec::new();
+    let phonebook_url = match &settings.device.phonebook {
+        Some(url) => url.clone(),
+        None => {
+            let (addr, task) = start_phonebook(
+                settings.device.listen,
+                settings.ice.servers.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            tasks.push(task);
+            let page = page_url(addr);
+            println!(
+                "peercam: open {page} in a browser to call {:?}",
+                settings.name()
+            );
+            format!("ws://{}/ws", local_address(addr))
+        }
+    };
+
+    let (command_tx, command_rx) = mpsc::channel(16);
+    let control = settings
+        .device
+        .control
+        .clone()
+        .unwrap_or_else(simulated::default_control_path);
+    tasks.push(
+        simulated::serve_control_socket(&control, command_tx.clone(), shutdown.clone()).await?,
+    );
+    let _terminal = options
+        .terminal
+        .then(|| simulated::terminal_keys(command_tx.clone()))
+        .flatten();
+    let interactive = _terminal.is_some();
+    drop(command_tx);
+
+    let feed = VideoFeed::new(description, settings.idle_stop());
+    let result = device::run(
+        settings,
+        phonebook_url,
+        feed,
+        command_rx,
+        interactive,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    result
+}
+
+/// Runs a standalone phonebook until `shutdown`.
+pub async fn run_phonebook(
+    listen: SocketAddr,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (addr, task) = start_phonebook(listen, settings.ice.servers.clone(), shutdown).await?;
+    println!("peercam phonebook: open {} in a browser", page_url(addr));
+    task.await.context("the phonebook server stopped")?;
+    Ok(())
+}
+
+async fn start_phonebook(
+    listen: SocketAddr,
+    ice_servers: Vec<crate::signalling::protocol::IceServer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:8081)")
+    })?;
+    let addr = listener.local_addr()?;
+    let server = PhonebookServer::new(ice_servers);
+    let task = tokio::spawn(async move {
+        if let Err(err) = server
+            .serve(listener, async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!("phonebook server failed: {err:#}");
+        }
+    });
+    Ok((addr, task))
+}
+
+/// The address to connect to for a server bound to `addr` (a wildcard becomes loopback).
+fn local_address(addr: SocketAddr) -> SocketAddr {
+    let mut local = addr;
+    if addr.ip().is_unspecified() {
+        local.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    local
+}
+
+fn page_url(addr: SocketAddr) -> String {
+    format!("http://{}/", local_address(addr))
+}
+
+/// Where `peercam press` finds the daemon when `--control` is not given.
+pub fn control_path(settings_control: Option<PathBuf>) -> PathBuf {
+    settings_control.unwrap_or_else(simulated::default_control_path)
+}

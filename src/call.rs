@@ -1,0 +1,343 @@
+//! The call state machine on the device, without IO.
+//!
+//! A [`Call`] is driven by [`Input`]s (the offer arrived, a button, the peer connected,
+//! the caller hung up …) and by time: every method takes the current instant, and
+//! [`Call::poll`] fires the timeouts. It answers with [`Action`]s for the caller of these
+//! methods to carry out (send a message, create the peer connection, close it). Nothing
+//! here touches a socket, GStreamer or a clock, so every transition is tested with
+//! simulated time.
+//!
+//! States follow deepstream's WebRTC call: INITIAL → RINGING → ACCEPTED → ESTABLISHED →
+//! ENDED, or DECLINED, or ERROR (`CONNECTING` is the caller's state between sending the
+//! offer and hearing it ring; the device never is in it).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Where a call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallState {
+    /// Created, nothing happened yet.
+    Initial,
+    /// The caller sent its offer and waits (caller side only).
+    Connecting,
+    /// The device rings and waits for a decision.
+    Ringing,
+    /// Accepted; the media connection is being set up.
+    Accepted,
+    /// Media flows.
+    Established,
+    /// Over after being accepted, or hung up while ringing.
+    Ended,
+    /// Declined by a person, a policy, or the ring timeout.
+    Declined,
+    /// Could not be answered (bad offer, no camera).
+    Error,
+}
+
+impl CallState {
+    /// True once nothing more can happen to the call.
+    pub fn is_over(self) -> bool {
+        matches!(
+            self,
+            CallState::Ended | CallState::Declined | CallState::Error
+        )
+    }
+}
+
+impl fmt::Display for CallState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = serde_json::to_value(self).expect("a state serialises");
+        f.write_str(name.as_str().unwrap_or("?"))
+    }
+}
+
+/// What happened to the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The caller's offer arrived; `auto_accept` when the answer policy accepts it at once.
+    Offered {
+        /// Accept without waiting for a person.
+        auto_accept: bool,
+    },
+    /// A person (or the control socket) accepted.
+    Accept,
+    /// A person declined, with this reason.
+    Decline(String),
+    /// Creating the answer failed (bad offer, camera unavailable).
+    AnswerFailed(String),
+    /// The media connection is up.
+    PeerConnected,
+    /// The media connection failed or closed.
+    PeerLost(String),
+    /// The caller hung up, or the phonebook says it went away.
+    RemoteHangup(String),
+    /// The device ends the call (hang-up button, shutdown).
+    LocalHangup(String),
+}
+
+/// What the owner of the call must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Tell the caller it rings.
+    SendRinging,
+    /// Create the peer connection from the offer and send the answer.
+    Answer,
+    /// Tell the caller it was declined, with this reason.
+    SendDecline(String),
+    /// Tell the caller the call ended, with this reason.
+    SendHangup(String),
+    /// Close the peer connection.
+    ClosePeer,
+    /// The state changed to this one (with the reason, for the terminal states).
+    StateChanged(CallState, Option<String>),
+}
+
+/// Reason sent when the ring timeout passes.
+pub const NO_ANSWER: &str = "no answer";
+
+/// Reason sent when the media connection does not come up in time.
+pub const CONNECT_FAILED: &str = "could not connect";
+
+/// How long an accepted call may take to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One incoming call on the device.
+#[derive(Debug, Clone)]
+pub struct Call {
+    state: CallState,
+    since: Instant,
+    ring_timeout: Duration,
+    reason: Option<String>,
+}
+
+impl Call {
+    /// A new call, created at `now`; rings for at most `ring_timeout`.
+    pub fn new(now: Instant, ring_timeout: Duration) -> Self {
+        Call {
+            state: CallState::Initial,
+            since: now,
+            ring_timeout,
+            reason: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> CallState {
+        self.state
+    }
+
+    /// Why the call is over, once it is.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// When [`Call::poll`] next has something to do, if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            CallState::Ringing => Some(self.since + self.ring_timeout),
+            CallState::Accepted => Some(self.since + CONNECT_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    /// Fires the timeouts due at `now`.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        match self.deadline() {
+            Some(due) if now >= due => match self.state {
+                CallState::Ringing => self.decline(now, NO_ANSWER.into()),
+                _ => self.end(now, CONNECT_FAILED.into(), true),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    /// Applies `input` at `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        use CallState::*;
+        match (self.state, input) {
+            (Initial, Input::Offered { auto_accept }) => {
+                let mut actions = self.go(Ringing, now, None);
+                actions.insert(0, Action::SendRinging);
+                if auto_accept {
+                    actions.extend(self.handle(Input::Accept, now));
+                }
+                actions
+            }
+            (Ringing, Input::Accept) => {
+                let mut actions = self.go(Accepted, now, None);
+                actions.insert(0, Action::Answer);
+                actions
+            }
+            (Ringing, Input::Decline(reason)) => self.decline(now, reason),
+            (Ringing, Input::RemoteHangup(reason)) => self.go(Ended, now, Some(reason)),
+            (Ringing, Input::LocalHangup(reason)) => self.decline(now, reason),
+            (Accepted, Input::AnswerFailed(reason)) => {
+                let mut actions = vec![Action::SendDecline(reason.clone()), Action::ClosePeer];
+                actions.extend(self.go(Error, now, Some(reason)));
+                actions
+            }
+            (Accepted, Input::PeerConnected) => self.go(Established, now, None),
+            (Accepted | Established, Input::PeerLost(reason)) => self.end(now, reason, true),
+            (Accepted | Established, Input::RemoteHangup(reason)) => self.end(now, reason, false),
+            (Accepted | Established, Input::LocalHangup(reason)) => self.end(now, reason, true),
+            // Anything else is late or duplicated (a second press, a hang-up racing a
+            // decline): the call is already where that input would have taken it.
+            _ => Vec::new(),
+        }
+    }
+
+    fn decline(&mut self, now: Instant, reason: String) -> Vec<Action> {
+        let mut actions = vec![Action::SendDecline(reason.clone())];
+        actions.extend(self.go(CallState::Declined, now, Some(reason)));
+        actions
+    }
+
+    fn end(&mut self, now: Instant, reason: String, tell_caller: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if tell_caller {
+            actions.push(Action::SendHangup(reason.clone()));
+        }
+        actions.push(Action::ClosePeer);
+        actions.extend(self.go(CallState::Ended, now, Some(reason)));
+        actions
+    }
+
+    fn go(&mut self, state: CallState, now: Instant, reason: Option<String>) -> Vec<Action> {
+        self.state = state;
+        self.since = now;
+        self.reason = reason.clone();
+        vec![Action::StateChanged(state, reason)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ringing(t0: Instant) -> Call {
+        let mut call = Call::new(t0, Duration::from_secs(30));
+        let actions = call.handle(Input::Offered { auto_accept: false }, t0);
+        assert_eq!(
+            actions,
+            vec![
+                Action::SendRinging,
+                Action::StateChanged(CallState::Ringing, None)
+            ]
+        );
+        call
+    }
+
+    #[test]
+    fn accept_then_connect_then_caller_hangs_up() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        let actions = call.handle(Input::Accept, t0 + Duration::from_secs(2));
+        assert_eq!(actions[0], Action::Answer);
+        assert_eq!(call.state(), CallState::Accepted);
+        call.handle(Input::PeerConnected, t0 + Duration::from_secs(3));
+        assert_eq!(call.state(), CallState::Established);
+        let actions = call.handle(
+            Input::RemoteHangup("bye".into()),
+            t0 + Duration::from_secs(60),
+        );
+        assert_eq!(
+            actions,
+            vec![
+                Action::ClosePeer,
+                Action::StateChanged(CallState::Ended, Some("bye".into()))
+            ]
+        );
+        assert!(call.state().is_over());
+    }
+
+    #[test]
+    fn auto_accept_answers_at_once() {
+        let t0 = Instant::now();
+        let mut call = Call::new(t0, Duration::from_secs(30));
+        let actions = call.handle(Input::Offered { auto_accept: true }, t0);
+        assert_eq!(actions[0], Action::SendRinging);
+        assert!(actions.contains(&Action::Answer));
+        assert_eq!(call.state(), CallState::Accepted);
+    }
+
+    #[test]
+    fn decline_sends_the_reason() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        let actions = call.handle(Input::Decline("Not now".into()), t0);
+        assert_eq!(actions[0], Action::SendDecline("Not now".into()));
+        assert_eq!(call.state(), CallState::Declined);
+        assert_eq!(call.reason(), Some("Not now"));
+        // A second press changes nothing.
+        assert!(call.handle(Input::Accept, t0).is_empty());
+    }
+
+    #[test]
+    fn ring_timeout_declines_with_no_answer() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        assert!(call.poll(t0 + Duration::from_secs(29)).is_empty());
+        let actions = call.poll(t0 + Duration::from_secs(30));
+        assert_eq!(actions[0], Action::SendDecline(NO_ANSWER.into()));
+        assert_eq!(call.state(), CallState::Declined);
+        assert_eq!(call.deadline(), None);
+    }
+
+    #[test]
+    fn caller_hanging_up_while_ringing_stops_it_without_a_reply() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        let actions = call.handle(Input::RemoteHangup("caller hung up".into()), t0);
+        assert_eq!(
+            actions,
+            vec![Action::StateChanged(
+                CallState::Ended,
+                Some("caller hung up".into())
+            )]
+        );
+        assert!(call.handle(Input::Accept, t0).is_empty());
+    }
+
+    #[test]
+    fn answer_failure_declines_with_the_error() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        call.handle(Input::Accept, t0);
+        let actions = call.handle(Input::AnswerFailed("no H.264 in the offer".into()), t0);
+        assert_eq!(
+            actions[0],
+            Action::SendDecline("no H.264 in the offer".into())
+        );
+        assert_eq!(call.state(), CallState::Error);
+    }
+
+    #[test]
+    fn connect_timeout_and_lost_peer_end_the_call_and_tell_the_caller() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        call.handle(Input::Accept, t0);
+        let actions = call.poll(t0 + CONNECT_TIMEOUT);
+        assert_eq!(actions[0], Action::SendHangup(CONNECT_FAILED.into()));
+
+        let mut call = ringing(t0);
+        call.handle(Input::Accept, t0);
+        call.handle(Input::PeerConnected, t0);
+        assert_eq!(call.deadline(), None);
+        let actions = call.handle(Input::PeerLost("connection lost".into()), t0);
+        assert_eq!(actions[0], Action::SendHangup("connection lost".into()));
+        assert_eq!(actions[1], Action::ClosePeer);
+    }
+
+    #[test]
+    fn local_hangup_while_ringing_is_a_decline() {
+        let t0 = Instant::now();
+        let mut call = ringing(t0);
+        let actions = call.handle(Input::LocalHangup("camera shutting down".into()), t0);
+        assert_eq!(
+            actions[0],
+            Action::SendDecline("camera shutting down".into())
+        );
+    }
+}

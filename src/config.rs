@@ -1,0 +1,327 @@
+//! Settings: the board profile, then the site config, then the command line, merged
+//! key by key and validated into [`Settings`].
+//!
+//! Board profiles live in `boards/*.toml` and are compiled into the binary, so
+//! `--board dev` works with no files installed; `--board ./my-board.toml` reads a file.
+//! Keys nobody knows are reported (a typo should not silently do nothing).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::media::encode;
+use crate::signalling::protocol::{IceServer, validate_name};
+
+/// The board profiles built into the binary.
+pub const BOARDS: &[(&str, &str)] = &[("dev", include_str!("../boards/dev.toml"))];
+
+/// Everything the daemon needs to know, after merging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The board profile's name (or file path) these settings came from.
+    #[serde(skip)]
+    pub board: String,
+    /// What the board profile says it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Who the device is and where it meets callers.
+    #[serde(default)]
+    pub device: DeviceSettings,
+    /// Camera and encoder.
+    pub video: VideoSettings,
+    /// How calls are answered.
+    #[serde(default)]
+    pub call: CallSettings,
+    /// How WebRTC finds a path.
+    #[serde(default)]
+    pub ice: IceSettings,
+}
+
+/// Identity and addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceSettings {
+    /// Callee name in the phonebook; the host name when not set.
+    pub name: Option<String>,
+    /// Where the embedded phonebook listens (ignored with `phonebook`).
+    pub listen: SocketAddr,
+    /// A remote phonebook's WebSocket URL; when set, no phonebook is embedded.
+    pub phonebook: Option<String>,
+    /// The control socket of the simulated buttons.
+    pub control: Option<PathBuf>,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            name: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            phonebook: None,
+            control: None,
+        }
+    }
+}
+
+/// Where the picture comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// GStreamer's test pattern with a clock.
+    Test,
+    /// A V4L2 camera (USB webcams).
+    V4l2,
+    /// A camera module through libcamera.
+    Libcamera,
+}
+
+/// Camera and encoder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSettings {
+    /// Where the picture comes from.
+    pub source: SourceKind,
+    /// The device node, for `v4l2`.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Picture width in pixels.
+    pub width: u32,
+    /// Picture height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// The encoder element, one of [`encode::ENCODERS`].
+    pub encoder: String,
+    /// Target bitrate.
+    pub bitrate_kbps: u32,
+    /// Frames between regular keyframes.
+    pub keyframe_interval: u32,
+}
+
+/// How an incoming call is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerPolicy {
+    /// A person presses accept or decline.
+    Buttons,
+    /// Every call is accepted at once.
+    Auto,
+}
+
+/// Call handling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallSettings {
+    /// How calls are answered.
+    pub answer: AnswerPolicy,
+    /// A call nobody answers is declined with "no answer" after this long.
+    pub ring_timeout_secs: u64,
+    /// The reason sent when the decline button is pressed.
+    pub decline_reason: String,
+    /// Seconds the camera keeps running after the last viewer left.
+    pub idle_stop_secs: u64,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            answer: AnswerPolicy::Buttons,
+            ring_timeout_secs: 30,
+            decline_reason: "Not now".into(),
+            idle_stop_secs: 5,
+        }
+    }
+}
+
+impl CallSettings {
+    /// The ring timeout as a duration.
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs(self.ring_timeout_secs)
+    }
+}
+
+/// ICE: servers and which local interfaces to offer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceSettings {
+    /// STUN/TURN servers, handed to the device and to the pages.
+    pub servers: Vec<IceServer>,
+    /// Only gather candidates on these interfaces (all when empty).
+    pub interfaces: Vec<String>,
+    /// Also offer loopback candidates (for a browser on the same machine).
+    pub loopback: bool,
+}
+
+impl Settings {
+    /// Merges the board profile `board` (a built-in name or a file), the optional site
+    /// config file and the command-line overrides, in that order.
+    pub fn load(
+        board: &str,
+        site: Option<&Path>,
+        overrides: toml::Table,
+    ) -> anyhow::Result<Settings> {
+        let mut merged = read_board(board)?;
+        if let Some(path) = site {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("{} is not valid TOML", path.display()))?;
+            merge(&mut merged, table);
+        }
+        merge(&mut merged, overrides);
+        let mut settings: Settings = toml::Value::Table(merged)
+            .try_into()
+            .context("invalid settings")?;
+        settings.board = board.to_owned();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The callee name: the configured one, else the host name.
+    pub fn name(&self) -> String {
+        self.device.name.clone().unwrap_or_else(host_name)
+    }
+
+    /// How long the camera lingers after the last viewer.
+    pub fn idle_stop(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.call.idle_stop_secs))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Err(why) = validate_name(&self.name()) {
+            bail!(
+                "the callee name {:?} cannot be used ({why}); set one with --name",
+                self.name()
+            );
+        }
+        let v = &self.video;
+        if v.width == 0 || v.height == 0 || v.fps == 0 || v.width > 7680 || v.height > 4320 {
+            bail!(
+                "video size {}x{} at {} fps is out of range",
+                v.width,
+                v.height,
+                v.fps
+            );
+        }
+        if encode::quirks(&v.encoder).is_none() {
+            bail!(
+                "unknown encoder {:?}; known: {}",
+                v.encoder,
+                encode::ENCODERS
+                    .iter()
+                    .map(|e| e.element)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !(50..=50_000).contains(&v.bitrate_kbps) {
+            bail!("bitrate_kbps {} is out of range 50..50000", v.bitrate_kbps);
+        }
+        if v.keyframe_interval == 0 {
+            bail!("keyframe_interval must be at least 1");
+        }
+        if let Some(url) = &self.device.phonebook
+            && !(url.starts_with("ws://") || url.starts_with("wss://"))
+        {
+            bail!("the phonebook URL {url:?} must start with ws:// or wss://");
+        }
+        Ok(())
+    }
+}
+
+fn read_board(board: &str) -> anyhow::Result<toml::Table> {
+    let text = match BOARDS.iter().find(|(name, _)| *name == board) {
+        Some((_, text)) => text.to_string(),
+        None if board.ends_with(".toml") || board.contains('/') => {
+            std::fs::read_to_string(board)
+                .with_context(|| format!("cannot read the board file {board}"))?
+        }
+        None => bail!(
+            "unknown board {board:?}; built-in boards: {} (or give a path to a .toml file)",
+            BOARDS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    toml::from_str(&text).with_context(|| format!("the board profile {board} is not valid TOML"))
+}
+
+/// Overlays `top` on `base`, table by table, so a site config can change one key of a
+/// section without repeating the others.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => merge(below, above),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The machine's host name, or "peercam" if it has none usable.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| validate_name(s).is_ok())
+        .unwrap_or_else(|| "peercam".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn dev_board_loads_with_defaults() {
+        let s = Settings::load("dev", None, toml::Table::new()).unwrap();
+        assert_eq!(
+            (s.video.width, s.video.height, s.video.fps),
+            (1280, 720, 30)
+        );
+        assert_eq!(s.video.encoder, "x264enc");
+        assert_eq!(s.call.answer, AnswerPolicy::Buttons);
+        assert_eq!(s.device.listen.port(), 8080);
+    }
+
+    #[test]
+    fn later_layers_override_single_keys() {
+        let s = Settings::load(
+            "dev",
+            None,
+            table("[video]\nwidth = 640\n[call]\nanswer = \"auto\"\n[device]\nname = \"porch\""),
+        )
+        .unwrap();
+        assert_eq!(s.video.width, 640);
+        assert_eq!(s.video.height, 720);
+        assert_eq!(s.call.answer, AnswerPolicy::Auto);
+        assert_eq!(s.name(), "porch");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_that_say_where() {
+        let err = Settings::load("dev", None, table("[video]\nwdith = 640"))
+            .unwrap_err()
+            .to_string();
+        assert!(format!("{err:#}").contains("invalid settings"), "{err}");
+        let err = format!(
+            "{:#}",
+            Settings::load("dev", None, table("[video]\nencoder = \"nope\"")).unwrap_err()
+        );
+        assert!(err.contains("unknown encoder"), "{err}");
+        let err = format!(
+            "{:#}",
+            Settings::load("moon", None, toml::Table::new()).unwrap_err()
+        );
+        assert!(err.contains("built-in boards: dev"), "{err}");
+    }
+}

@@ -1,0 +1,492 @@
+//! The camera device: registered in the phonebook, it turns incoming calls into call
+//! state machines, answers them with the camera's video once someone presses accept (or
+//! the policy does), and keeps them going until either side hangs up.
+//!
+//! One task owns all calls; the phonebook client, the peer connections, the buttons and a
+//! timer feed it events, so no call state is shared between threads.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::call::{Action, Call, CallState, Input};
+use crate::config::{AnswerPolicy, Settings};
+use crate::gpio::{Command, CommandKind, Press};
+use crate::media::fanout::VideoFeed;
+use crate::rtc::{CallPeer, PeerEvent, RtcEngine};
+use crate::signalling::client::{self, ClientEvent, Registration};
+use crate::signalling::protocol::{ClientMessage, IceCandidate, ServerMessage};
+
+/// Calls at once (ringing or in progress); more are declined as busy.
+pub const MAX_CALLS: usize = 16;
+
+/// Candidates kept for a call that has not been accepted yet.
+const MAX_EARLY_CANDIDATES: usize = 64;
+
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The reason callers get when the daemon stops.
+pub const SHUTTING_DOWN: &str = "camera shutting down";
+
+struct LiveCall {
+    machine: Call,
+    seq: u64,
+    caller: String,
+    offer: String,
+    peer: Option<CallPeer>,
+    early_candidates: Vec<IceCandidate>,
+}
+
+/// The device's call handling.
+pub struct Device {
+    settings: Settings,
+    name: String,
+    feed: VideoFeed,
+    engine: RtcEngine,
+    out: mpsc::UnboundedSender<ClientMessage>,
+    peer_events: mpsc::UnboundedSender<(String, PeerEvent)>,
+    calls: BTreeMap<String, LiveCall>,
+    next_seq: u64,
+    registered: bool,
+    interactive: bool,
+}
+
+/// The metadata the device registers with.
+pub fn registration_meta(settings: &Settings) -> Value {
+    json!({
+        "kind": "camera",
+        "board": settings.board,
+        "description": settings.description,
+        "width": settings.video.width,
+        "height": settings.video.height,
+        "fps": settings.video.fps,
+        "audio": false,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Runs the device until `shutdown`: registers on the phonebook at `phonebook_url`,
+/// answers calls, and hangs every call up with a reason on the way out.
+pub async fn run(
+    settings: Settings,
+    phonebook_url: String,
+    feed: VideoFeed,
+    mut commands: mpsc::Receiver<Command>,
+    interactive: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let engine = RtcEngine::new(&settings.ice)?;
+    let name = settings.name();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let (peer_tx, mut peer_rx) = mpsc::unbounded_channel();
+    let client = tokio::spawn(client::run(
+        phonebook_url,
+        Registration {
+            name: name.clone(),
+            meta: registration_meta(&settings),
+        },
+        event_tx,
+        out_rx,
+    ));
+    let mut device = Device {
+        settings,
+        name,
+        feed,
+        engine,
+        out: out_tx,
+        peer_events: peer_tx,
+        calls: BTreeMap::new(),
+        next_seq: 0,
+        registered: false,
+        interactive,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            Some(event) = event_rx.recv() => device.on_client_event(event).await,
+            Some((call_id, event)) = peer_rx.recv() => device.on_peer_event(&call_id, event).await,
+            Some(command) = commands.recv() => device.on_command(command).await,
+            _ = tick.tick() => device.on_tick().await,
+            _ = shutdown.cancelled() => break,
+        }
+    }
+
+    info!("shutting down: ending every call");
+    let ids: Vec<String> = device.calls.keys().cloned().collect();
+    for id in ids {
+        device
+            .apply(&id, Input::LocalHangup(SHUTTING_DOWN.into()))
+            .await;
+    }
+    // Dropping the last sender lets the client flush the hang-ups and close.
+    drop(device);
+    if tokio::time::timeout(Duration::from_secs(3), client)
+        .await
+        .is_err()
+    {
+        warn!("the phonebook did not take the hang-ups within 3 s");
+    }
+    Ok(())
+}
+
+impl Device {
+    async fn on_client_event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Registered => {
+                self.registered = true;
+                self.say(&format!("registered as {:?}; waiting for calls", self.name));
+            }
+            ClientEvent::Disconnected(why) => {
+                if self.registered {
+                    warn!(%why, "lost the phonebook; reconnecting");
+                }
+                self.registered = false;
+                // Calls still being set up need the phonebook; established ones are peer
+                // to peer and go on.
+                let waiting: Vec<String> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| c.machine.state() != CallState::Established)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in waiting {
+                    self.apply(&id, Input::RemoteHangup("phonebook connection lost".into()))
+                        .await;
+                }
+            }
+            ClientEvent::Message(msg) => self.on_message(msg).await,
+        }
+    }
+
+    async fn on_message(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::IncomingCall {
+                call_id,
+                callee,
+                meta,
+                sdp,
+            } => {
+                if self.calls.contains_key(&call_id) {
+                    return;
+                }
+                let caller = caller_name(&meta);
+                if self.calls.len() >= MAX_CALLS {
+                    info!(%call_id, %caller, "too many calls; declining as busy");
+                    self.send(ClientMessage::Decline {
+                        call_id,
+                        reason: "busy".into(),
+                    });
+                    return;
+                }
+                debug!(%call_id, %callee, "incoming call");
+                self.next_seq += 1;
+                self.calls.insert(
+                    call_id.clone(),
+                    LiveCall {
+                        machine: Call::new(Instant::now(), self.settings.call.ring_timeout()),
+                        seq: self.next_seq,
+                        caller,
+                        offer: sdp,
+                        peer: None,
+                        early_candidates: Vec::new(),
+                    },
+                );
+                let auto_accept = self.settings.call.answer == AnswerPolicy::Auto;
+                self.apply(&call_id, Input::Offered { auto_accept }).await;
+            }
+            ServerMessage::Candidate { call_id, candidate } => {
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    return;
+                };
+                let Some(candidate) = candidate else {
+                    return;
+                };
+                match &call.peer {
+                    Some(peer) => {
+                        if let Err(err) = peer.add_candidate(candidate).await {
+                            debug!(%call_id, "{err:#}");
+                        }
+                    }
+                    None if call.early_candidates.len() < MAX_EARLY_CANDIDATES => {
+                        call.early_candidates.push(candidate)
+                    }
+                    None => debug!(%call_id, "too many early candidates; dropping one"),
+                }
+            }
+            ServerMessage::Hangup { call_id, reason } => {
+                self.apply(&call_id, Input::RemoteHangup(reason)).await;
+            }
+            ServerMessage::Error {
+                code,
+                message,
+                call_id,
+            } => {
+                warn!(?code, %message, "the phonebook reported an error");
+                if let Some(call_id) = call_id {
+                    self.apply(
+                        &call_id,
+                        Input::RemoteHangup(format!("phonebook: {message}")),
+                    )
+                    .await;
+                }
+            }
+            other => debug!(?other, "ignored"),
+        }
+    }
+
+    async fn on_peer_event(&mut self, call_id: &str, event: PeerEvent) {
+        if !self.calls.contains_key(call_id) {
+            return;
+        }
+        match event {
+            PeerEvent::Candidate(candidate) => self.send(ClientMessage::Candidate {
+                call_id: call_id.into(),
+                candidate,
+            }),
+            PeerEvent::Connected => self.apply(call_id, Input::PeerConnected).await,
+            PeerEvent::Lost(reason) => self.apply(call_id, Input::PeerLost(reason)).await,
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        let reply = match command.kind {
+            CommandKind::Status => Ok(self.status().to_string()),
+            CommandKind::Press(press) => self.on_press(press).await,
+        };
+        if let Some(tx) = command.reply {
+            let _ = tx.send(reply);
+        }
+    }
+
+    async fn on_press(&mut self, press: Press) -> Result<String, String> {
+        match press {
+            Press::Accept | Press::Decline(_) => {
+                let Some((id, caller)) = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| c.machine.state() == CallState::Ringing)
+                    .min_by_key(|(_, c)| c.seq)
+                    .map(|(id, c)| (id.clone(), c.caller.clone()))
+                else {
+                    return Err("no call is ringing".into());
+                };
+                if press == Press::Accept {
+                    self.apply(&id, Input::Accept).await;
+                    match self.calls.get(&id).map(|c| c.machine.state()) {
+                        Some(CallState::Accepted | CallState::Established) => {
+                            Ok(format!("accepted the call from {caller}"))
+                        }
+                        _ => Err(format!("the call from {caller} could not be answered")),
+                    }
+                } else {
+                    let Press::Decline(reason) = press else {
+                        unreachable!("matched above")
+                    };
+                    let reason =
+                        reason.unwrap_or_else(|| self.settings.call.decline_reason.clone());
+                    self.apply(&id, Input::Decline(reason.clone())).await;
+                    Ok(format!("declined the call from {caller}: {reason}"))
+                }
+            }
+            Press::Hangup(reason) => {
+                let reason = reason.unwrap_or_else(|| "hung up at the device".into());
+                let ids: Vec<String> = self.calls.keys().cloned().collect();
+                if ids.is_empty() {
+                    return Err("no call to hang up".into());
+                }
+                for id in &ids {
+                    self.apply(id, Input::LocalHangup(reason.clone())).await;
+                }
+                Ok(format!("ended {} call(s)", ids.len()))
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.machine.deadline().is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let actions = match self.calls.get_mut(&id) {
+                Some(call) => call.machine.poll(now),
+                None => continue,
+            };
+            self.perform_all(&id, actions).await;
+        }
+    }
+
+    /// Feeds `input` to the call's state machine and carries out what it asks.
+    async fn apply(&mut self, call_id: &str, input: Input) {
+        let actions = match self.calls.get_mut(call_id) {
+            Some(call) => call.machine.handle(input, Instant::now()),
+            None => return,
+        };
+        self.perform_all(call_id, actions).await;
+    }
+
+    async fn perform_all(&mut self, call_id: &str, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            if let Some(follow_up) = self.perform(call_id, action).await {
+                let more = match self.calls.get_mut(call_id) {
+                    Some(call) => call.machine.handle(follow_up, Instant::now()),
+                    None => Vec::new(),
+                };
+                queue.extend(more);
+            }
+        }
+        if self
+            .calls
+            .get(call_id)
+            .is_some_and(|c| c.machine.state().is_over())
+        {
+            if let Some(call) = self.calls.remove(call_id)
+                && let Some(peer) = call.peer
+            {
+                peer.close().await;
+            }
+        }
+    }
+
+    async fn perform(&mut self, call_id: &str, action: Action) -> Option<Input> {
+        match action {
+            Action::SendRinging => {
+                self.send(ClientMessage::Ringing {
+                    call_id: call_id.into(),
+                });
+                None
+            }
+            Action::SendDecline(reason) => {
+                self.send(ClientMessage::Decline {
+                    call_id: call_id.into(),
+                    reason,
+                });
+                None
+            }
+            Action::SendHangup(reason) => {
+                self.send(ClientMessage::Hangup {
+                    call_id: call_id.into(),
+                    reason,
+                });
+                None
+            }
+            Action::ClosePeer => {
+                let peer = self.calls.get_mut(call_id).and_then(|c| c.peer.take());
+                if let Some(peer) = peer {
+                    peer.close().await;
+                }
+                None
+            }
+            Action::Answer => self.answer(call_id).await.err().map(Input::AnswerFailed),
+            Action::StateChanged(state, reason) => {
+                let caller = self
+                    .calls
+                    .get(call_id)
+                    .map(|c| c.caller.clone())
+                    .unwrap_or_default();
+                info!(call = call_id, %caller, %state, reason = reason.as_deref().unwrap_or(""), "call");
+                match state {
+                    CallState::Ringing => self.say(&format!(
+                        "call from {caller} is ringing: press a to accept, d to decline (or `peercam press accept`)"
+                    )),
+                    CallState::Established => self.say(&format!("{caller} is watching")),
+                    s if s.is_over() => self.say(&format!(
+                        "call from {caller}: {s} ({})",
+                        reason.as_deref().unwrap_or("")
+                    )),
+                    _ => {}
+                }
+                None
+            }
+        }
+    }
+
+    async fn answer(&mut self, call_id: &str) -> Result<(), String> {
+        let offer = match self.calls.get(call_id) {
+            Some(call) => call.offer.clone(),
+            None => return Ok(()),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let forward = self.peer_events.clone();
+        let id = call_id.to_owned();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if forward.send((id.clone(), event)).is_err() {
+                    break;
+                }
+            }
+        });
+        let (peer, sdp) = CallPeer::answer(&self.engine, &offer, &self.feed, tx)
+            .await
+            .map_err(|err| {
+                warn!(call = call_id, "cannot answer: {err:#}");
+                format!("{err:#}")
+            })?;
+        self.send(ClientMessage::Accept {
+            call_id: call_id.into(),
+            sdp,
+        });
+        let early = match self.calls.get_mut(call_id) {
+            Some(call) => std::mem::take(&mut call.early_candidates),
+            None => Vec::new(),
+        };
+        for candidate in early {
+            if let Err(err) = peer.add_candidate(candidate).await {
+                debug!(call = call_id, "{err:#}");
+            }
+        }
+        if let Some(call) = self.calls.get_mut(call_id) {
+            call.peer = Some(peer);
+        }
+        Ok(())
+    }
+
+    fn send(&self, msg: ClientMessage) {
+        if self.out.send(msg).is_err() {
+            debug!("the phonebook client has stopped");
+        }
+    }
+
+    fn say(&self, text: &str) {
+        if self.interactive {
+            eprintln!("peercam: {text}");
+        }
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "name": self.name,
+            "registered": self.registered,
+            "camera_running": self.feed.is_running(),
+            "viewers": self.feed.viewers(),
+            "feed": self.feed.stats(),
+            "calls": self.calls.iter().map(|(id, c)| json!({
+                "id": id,
+                "caller": c.caller,
+                "state": c.machine.state(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The caller's name from its metadata (`callerName`, as deepstream's examples use), or
+/// "someone".
+fn caller_name(meta: &Value) -> String {
+    meta.get("callerName")
+        .or_else(|| meta.get("name"))
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(64).collect())
+        .filter(|s: &String| !s.trim().is_empty())
+        .unwrap_or_else(|| "someone".into())
+}

@@ -1,0 +1,274 @@
+//! The `peercam` command: parse the command line, load the settings, run until a signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use peercam::app;
+use peercam::config::{AnswerPolicy, BOARDS, Settings};
+use peercam::gpio::simulated;
+use tokio_util::sync::CancellationToken;
+
+/// The site config read when `--config` is not given, if it exists.
+const SITE_CONFIG: &str = "/etc/peercam/peercam.toml";
+
+#[derive(Parser)]
+#[command(version, about = "A WebRTC camera peer for single-board computers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the camera daemon (with an embedded phonebook unless --phonebook is given).
+    Run(RunArgs),
+    /// Run a standalone phonebook that cameras register on.
+    Phonebook {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Press a simulated button of a running daemon.
+    Press {
+        /// Which button.
+        button: Button,
+        /// The reason given to the caller (decline, hangup).
+        #[arg(long)]
+        reason: Option<String>,
+        /// The daemon's control socket.
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
+    /// Print a running daemon's status as JSON.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
+    /// List the built-in board profiles.
+    Boards,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Button {
+    Accept,
+    Decline,
+    Hangup,
+}
+
+#[derive(clap::Args)]
+struct SettingsArgs {
+    /// Board profile: a built-in name (see `peercam boards`) or a .toml file.
+    #[arg(long, default_value = "dev")]
+    board: String,
+    /// Site config overriding the board profile (default: /etc/peercam/peercam.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set video.width=640 --set 'ice.interfaces=["lo"]'.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Callee name in the phonebook (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Address of the embedded phonebook.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Register on this phonebook (ws://HOST:PORT/ws) instead of embedding one.
+    #[arg(long)]
+    phonebook: Option<String>,
+    /// The control socket for `peercam press`.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// How calls are answered.
+    #[arg(long)]
+    answer: Option<AnswerPolicy>,
+    /// Do not read keys from the terminal.
+    #[arg(long)]
+    no_terminal: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("peercam: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("peercam: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let mut overrides = parse_overrides(&args.settings.set)?;
+            let device = table_mut(&mut overrides, "device");
+            if let Some(name) = args.name {
+                device.insert("name".into(), name.into());
+            }
+            if let Some(listen) = args.listen {
+                device.insert("listen".into(), listen.to_string().into());
+            }
+            if let Some(url) = args.phonebook {
+                device.insert("phonebook".into(), url.into());
+            }
+            if let Some(control) = args.control {
+                device.insert("control".into(), control.display().to_string().into());
+            }
+            if let Some(answer) = args.answer {
+                let value = match answer {
+                    AnswerPolicy::Auto => "auto",
+                    AnswerPolicy::Buttons => "buttons",
+                };
+                table_mut(&mut overrides, "call").insert("answer".into(), value.into());
+            }
+            let settings = load(&args.settings, overrides)?;
+            let shutdown = shutdown_on_signal();
+            app::run(
+                settings,
+                app::RunOptions {
+                    terminal: !args.no_terminal,
+                },
+                shutdown,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Phonebook { listen, settings } => {
+            let overrides = parse_overrides(&settings.set)?;
+            let settings = load(&settings, overrides)?;
+            app::run_phonebook(listen, &settings, shutdown_on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Press {
+            button,
+            reason,
+            control,
+        } => {
+            let word = match button {
+                Button::Accept => "accept",
+                Button::Decline => "decline",
+                Button::Hangup => "hangup",
+            };
+            let line = match reason {
+                Some(reason) if !matches!(button, Button::Accept) => format!("{word} {reason}"),
+                _ => word.to_owned(),
+            };
+            control_command(control, &line).await
+        }
+        Command::Status { control } => control_command(control, "status").await,
+        Command::Boards => {
+            for (name, text) in BOARDS {
+                let description = toml::from_str::<toml::Table>(text)
+                    .ok()
+                    .and_then(|t| {
+                        t.get("description")
+                            .and_then(|d| d.as_str().map(str::to_owned))
+                    })
+                    .unwrap_or_default();
+                println!("{name:12} {description}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn control_command(control: Option<PathBuf>, line: &str) -> anyhow::Result<ExitCode> {
+    let path = app::control_path(control);
+    match simulated::send_control(&path, line).await? {
+        Ok(text) => {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(text) => {
+            eprintln!("peercam: {text}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn load(args: &SettingsArgs, overrides: toml::Table) -> anyhow::Result<Settings> {
+    let site = args.config.clone().or_else(|| {
+        Path::new(SITE_CONFIG)
+            .exists()
+            .then(|| PathBuf::from(SITE_CONFIG))
+    });
+    Settings::load(&args.board, site.as_deref(), overrides)
+}
+
+/// Turns `--set a.b=value` pairs into a table; values are TOML (`640`, `true`,
+/// `["lo"]`), anything else is taken as a string.
+fn parse_overrides(pairs: &[String]) -> anyhow::Result<toml::Table> {
+    let mut table = toml::Table::new();
+    for pair in pairs {
+        let (key, raw) = pair
+            .split_once('=')
+            .with_context(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+        let mut path: Vec<&str> = key.trim().split('.').collect();
+        let last = path
+            .pop()
+            .filter(|k| !k.is_empty())
+            .with_context(|| format!("--set {pair:?}: empty key"))?;
+        let mut node = &mut table;
+        for part in path {
+            node = table_mut(node, part);
+        }
+        node.insert(last.to_owned(), value);
+    }
+    Ok(table)
+}
+
+fn table_mut<'a>(table: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
+    let entry = table
+        .entry(key.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !entry.is_table() {
+        *entry = toml::Value::Table(toml::Table::new());
+    }
+    entry.as_table_mut().expect("made a table above")
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        trigger.cancel();
+    });
+    token
+}

@@ -1,0 +1,104 @@
+//! RTP timestamps from the encoder's presentation times.
+
+use std::time::Duration;
+
+use crate::media::Frame;
+
+/// The H.264 RTP clock rate.
+pub const VIDEO_CLOCK_RATE: u64 = 90_000;
+
+/// Maps frames' PTS to a 90 kHz RTP timestamp that only moves forward, across pipeline
+/// restarts (a new epoch starts its PTS again near zero) and viewers that skip frames.
+#[derive(Debug, Clone)]
+pub struct RtpClock {
+    start: u32,
+    anchor: Option<Anchor>,
+    last: u32,
+    last_step: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    epoch: u64,
+    pts: Duration,
+    rtp: u32,
+}
+
+impl RtpClock {
+    /// A clock whose first timestamp is `start` (random, as RFC 3550 asks).
+    pub fn new(start: u32) -> Self {
+        RtpClock {
+            start,
+            anchor: None,
+            last: start,
+            last_step: (VIDEO_CLOCK_RATE / 30) as u32,
+        }
+    }
+
+    /// The RTP timestamp for `frame`.
+    pub fn timestamp(&mut self, frame: &Frame) -> u32 {
+        let anchor = match self.anchor {
+            Some(a) if a.epoch == frame.epoch && frame.pts >= a.pts => a,
+            Some(_) => {
+                // A new pipeline run: continue one frame interval after the last picture.
+                let a = Anchor {
+                    epoch: frame.epoch,
+                    pts: frame.pts,
+                    rtp: self.last.wrapping_add(self.last_step),
+                };
+                self.anchor = Some(a);
+                a
+            }
+            None => {
+                let a = Anchor {
+                    epoch: frame.epoch,
+                    pts: frame.pts,
+                    rtp: self.start,
+                };
+                self.anchor = Some(a);
+                a
+            }
+        };
+        let ticks = (frame.pts - anchor.pts).as_nanos() * VIDEO_CLOCK_RATE as u128 / 1_000_000_000;
+        let ts = anchor.rtp.wrapping_add(ticks as u32);
+        let step = ts.wrapping_sub(self.last);
+        if step > 0 && step < VIDEO_CLOCK_RATE as u32 {
+            self.last_step = step;
+        }
+        self.last = ts;
+        ts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(epoch: u64, ms: u64) -> Frame {
+        Frame {
+            data: Bytes::new(),
+            pts: Duration::from_millis(ms),
+            keyframe: false,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn follows_pts_at_90_khz() {
+        let mut clock = RtpClock::new(1000);
+        assert_eq!(clock.timestamp(&frame(1, 500)), 1000);
+        assert_eq!(clock.timestamp(&frame(1, 533)), 1000 + 2970);
+        // A skipped stretch keeps real time.
+        assert_eq!(clock.timestamp(&frame(1, 1500)), 1000 + 90_000);
+    }
+
+    #[test]
+    fn a_restart_continues_forward() {
+        let mut clock = RtpClock::new(u32::MAX - 10);
+        clock.timestamp(&frame(1, 0));
+        let before = clock.timestamp(&frame(1, 100));
+        let after = clock.timestamp(&frame(2, 3));
+        assert_eq!(after, before.wrapping_add(9000));
+    }
+}

@@ -1,0 +1,175 @@
+//! The device's side of the phonebook: connect, say hello, register, relay messages, and
+//! reconnect with a growing, jittered pause whenever the phonebook goes away.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+
+use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// What the device learns from its phonebook connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Registered under the name; calls can arrive.
+    Registered,
+    /// The phonebook went away; the client is reconnecting.
+    Disconnected(String),
+    /// A message for the device.
+    Message(ServerMessage),
+}
+
+/// The name and metadata to register.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Callee name.
+    pub name: String,
+    /// Metadata shown in the phonebook.
+    pub meta: Value,
+}
+
+/// Keeps the device registered on the phonebook at `url` until every sender of
+/// `outgoing` is dropped: what was queued before that (the hang-ups of a shutdown) is
+/// still sent. Messages are dropped (logged) while not connected: call messages are
+/// meaningless to a phonebook that restarted.
+pub async fn run(
+    url: String,
+    registration: Registration,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
+) {
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let outcome = session(&url, &registration, &events, &mut outgoing).await;
+        match outcome {
+            Ok(true) => return,
+            Ok(false) => pause = FIRST_PAUSE,
+            Err(err) => {
+                warn!(%url, "phonebook: {err:#}");
+                let _ = events.send(ClientEvent::Disconnected(format!("{err:#}")));
+            }
+        }
+        let jitter = rand::random_range(0.8..1.2);
+        let wait = pause.mul_f64(jitter);
+        debug!(
+            wait_ms = wait.as_millis() as u64,
+            "reconnecting to the phonebook after a pause"
+        );
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                msg = outgoing.recv() => match msg {
+                    Some(msg) => debug!(kind = msg.kind(), "not connected to the phonebook; message dropped"),
+                    None => return,
+                },
+            }
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// One connection. `Ok(true)`: shut down cleanly; `Ok(false)`: the phonebook closed
+/// after we had registered (reconnect at once); `Err`: it failed.
+async fn session(
+    url: &str,
+    registration: &Registration,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    outgoing: &mut mpsc::UnboundedReceiver<ClientMessage>,
+) -> anyhow::Result<bool> {
+    let (mut socket, _) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .context("timed out connecting")?
+            .context("cannot connect")?;
+    let send = |msg: &ClientMessage| {
+        Message::Text(
+            serde_json::to_string(msg)
+                .expect("client messages serialise")
+                .into(),
+        )
+    };
+
+    socket
+        .send(send(&ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent: Some(format!("peercam/{}", env!("CARGO_PKG_VERSION"))),
+        }))
+        .await?;
+    socket
+        .send(send(&ClientMessage::Register {
+            name: registration.name.clone(),
+            meta: registration.meta.clone(),
+        }))
+        .await?;
+
+    // The replies to hello and register come before anything else.
+    let handshake = async {
+        let mut welcomed = false;
+        while let Some(frame) = socket.next().await {
+            let Message::Text(text) = frame? else {
+                continue;
+            };
+            match serde_json::from_str::<ServerMessage>(&text) {
+                Ok(ServerMessage::Welcome { .. }) => welcomed = true,
+                Ok(ServerMessage::Registered { .. }) if welcomed => return Ok(()),
+                Ok(ServerMessage::Error {
+                    code: ErrorCode::NameTaken,
+                    message,
+                    ..
+                }) => {
+                    bail!(
+                        "{message} (is another device using the name {:?}?)",
+                        registration.name
+                    )
+                }
+                Ok(ServerMessage::Error { message, .. }) => bail!("refused: {message}"),
+                Ok(other) => debug!(?other, "ignored during the handshake"),
+                Err(err) => bail!("unexpected reply: {err}"),
+            }
+        }
+        Err(anyhow!("closed during the handshake"))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .context("timed out registering")??;
+    info!(url, name = %registration.name, "registered on the phonebook");
+    let _ = events.send(ClientEvent::Registered);
+
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            frame = socket.next() => match frame {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
+                    Ok(msg) => { let _ = events.send(ClientEvent::Message(msg)); }
+                    Err(err) => warn!(%err, "phonebook sent a message this version does not know"),
+                },
+                Some(Ok(Message::Close(_))) | None => {
+                    let _ = events.send(ClientEvent::Disconnected("the phonebook closed the connection".into()));
+                    return Ok(false);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(anyhow!("connection failed: {err}")),
+            },
+            msg = outgoing.recv() => match msg {
+                Some(msg) => socket.send(send(&msg)).await?,
+                None => {
+                    let _ = socket.close(None).await;
+                    return Ok(true);
+                }
+            },
+            _ = ping.tick() => socket.send(Message::Ping(Default::default())).await?,
+        }
+    }
+}

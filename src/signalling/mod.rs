@@ -1,0 +1,6 @@
+//! Signalling: the protocol types, the phonebook server, and the device's client.
+
+pub mod client;
+pub mod phonebook;
+pub mod protocol;
+pub mod server;

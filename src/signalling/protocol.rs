@@ -1,0 +1,379 @@
+//! The phonebook's signalling protocol: JSON text frames over one WebSocket.
+//!
+//! Every message is an object whose `type` field names it. The first message a client
+//! sends is `hello` with the protocol version it speaks; the server answers `welcome` or
+//! an `unsupported_version` error and closes. After that, clients register as callees,
+//! listen for the callee list, and place and answer calls; the server relays call
+//! messages between the two ends and never looks inside the SDP.
+//!
+//! Compatibility rules: a new message or a new optional field is added, never a changed
+//! one; receivers ignore fields they do not know. `docs/protocol.md` shows one example per
+//! message, and a test checks that each example round-trips through these types exactly.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest accepted callee name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest accepted call id, in bytes.
+pub const MAX_CALL_ID_LEN: usize = 64;
+
+/// A message from a client (a device or a page) to the phonebook server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Must come first: states the protocol version the client speaks.
+    Hello {
+        /// Protocol version, [`PROTOCOL_VERSION`] for this build.
+        version: u32,
+        /// Free text naming the client software, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+    },
+    /// Offer calls under `name`, described by `meta` (shown in the callee list).
+    Register {
+        /// The callee name, unique on this phonebook.
+        name: String,
+        /// A JSON object shown to callers: board, resolution, audio, …
+        #[serde(default = "empty_object")]
+        meta: Value,
+    },
+    /// Stop being reachable under `name`.
+    Unregister {
+        /// A name this connection registered.
+        name: String,
+    },
+    /// Send the full callee list now, then every change as it happens.
+    Listen,
+    /// Stop the pushed callee changes.
+    Unlisten,
+    /// Call `callee` with an SDP offer; `call_id` is chosen by the caller.
+    Call {
+        /// Identifies this call in every later message.
+        call_id: String,
+        /// The callee name to ring.
+        callee: String,
+        /// The caller's metadata object, shown to the callee (e.g. `callerName`).
+        #[serde(default = "empty_object")]
+        meta: Value,
+        /// The caller's SDP offer.
+        sdp: String,
+    },
+    /// The callee tells the caller that the call is ringing.
+    Ringing {
+        /// The call that rings.
+        call_id: String,
+    },
+    /// The callee accepts with its SDP answer.
+    Accept {
+        /// The call accepted.
+        call_id: String,
+        /// The callee's SDP answer.
+        sdp: String,
+    },
+    /// The callee declines, with a reason shown to the caller.
+    Decline {
+        /// The call declined.
+        call_id: String,
+        /// Human-readable reason, e.g. "Not now".
+        reason: String,
+    },
+    /// A trickled ICE candidate for the other end; `null` means end of candidates.
+    Candidate {
+        /// The call the candidate belongs to.
+        call_id: String,
+        /// The candidate, in the browser's `RTCIceCandidateInit` shape.
+        candidate: Option<IceCandidate>,
+    },
+    /// Either end hangs up.
+    Hangup {
+        /// The call ended.
+        call_id: String,
+        /// Human-readable reason, e.g. "caller hung up".
+        reason: String,
+    },
+}
+
+/// A message from the phonebook server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to a `hello` with a supported version.
+    Welcome {
+        /// The protocol version the server will speak.
+        version: u32,
+        /// Free text naming the server software.
+        server: String,
+        /// STUN/TURN servers the page should use (may be empty on a LAN).
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
+    },
+    /// A `register` succeeded.
+    Registered {
+        /// The name now owned by this connection.
+        name: String,
+    },
+    /// An `unregister` succeeded.
+    Unregistered {
+        /// The name released.
+        name: String,
+    },
+    /// The full callee list, sent once in reply to `listen`.
+    Callees {
+        /// Every registered callee.
+        callees: Vec<Callee>,
+    },
+    /// A callee appeared or its presence or metadata changed.
+    CalleeUpdate {
+        /// The callee as it is now.
+        callee: Callee,
+    },
+    /// A callee went away.
+    CalleeRemoved {
+        /// The name that is free again.
+        name: String,
+    },
+    /// Sent to a callee: somebody calls.
+    IncomingCall {
+        /// Identifies the call in every later message.
+        call_id: String,
+        /// Which of the connection's names was called.
+        callee: String,
+        /// The caller's metadata object.
+        meta: Value,
+        /// The caller's SDP offer.
+        sdp: String,
+    },
+    /// Sent to a caller: the callee rings.
+    Ringing {
+        /// The call that rings.
+        call_id: String,
+    },
+    /// Sent to a caller: the callee accepted.
+    Accepted {
+        /// The call accepted.
+        call_id: String,
+        /// The callee's SDP answer.
+        sdp: String,
+    },
+    /// Sent to a caller: the callee declined.
+    Declined {
+        /// The call declined.
+        call_id: String,
+        /// The callee's reason, verbatim.
+        reason: String,
+    },
+    /// A trickled ICE candidate from the other end.
+    Candidate {
+        /// The call the candidate belongs to.
+        call_id: String,
+        /// The candidate; `null` means end of candidates.
+        candidate: Option<IceCandidate>,
+    },
+    /// The other end hung up, or went away.
+    Hangup {
+        /// The call ended.
+        call_id: String,
+        /// Why it ended.
+        reason: String,
+    },
+    /// A request failed; the connection stays open unless the code says otherwise.
+    Error {
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+        /// The call the error concerns, when there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+    },
+}
+
+/// Stable error codes; new ones may be added, existing ones never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The `hello` named a version this server does not speak; the server closes.
+    UnsupportedVersion,
+    /// A message other than `hello` came first; the server closes.
+    HelloRequired,
+    /// The text was not JSON, or not a known message, or a field was invalid.
+    BadMessage,
+    /// The message was larger than the server accepts.
+    TooLarge,
+    /// The callee name is registered by another connection.
+    NameTaken,
+    /// The name is not a valid callee name.
+    InvalidName,
+    /// No callee of that name is registered.
+    UnknownCallee,
+    /// No call of that id exists for this connection.
+    UnknownCall,
+    /// A call with that id already exists.
+    DuplicateCall,
+    /// The name was not registered by this connection.
+    NotRegistered,
+}
+
+/// Presence of a callee as shown in the phonebook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Registered, nothing going on.
+    Available,
+    /// At least one call rings and none is in progress.
+    Ringing,
+    /// At least one call has been accepted.
+    InCall,
+}
+
+/// One entry of the phonebook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Callee {
+    /// The callee name.
+    pub name: String,
+    /// The metadata object given at registration.
+    pub meta: Value,
+    /// What the callee is doing now.
+    pub presence: Presence,
+}
+
+/// An ICE candidate in the browser's `RTCIceCandidateInit` shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    /// The `candidate:` attribute line.
+    pub candidate: String,
+    /// The media stream identification tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    /// The index of the m-line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    /// The ICE username fragment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// A STUN or TURN server in the browser's `RTCIceServer` shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:` or `turn:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+impl ClientMessage {
+    /// Parses one text frame, with an error that says what is wrong in plain words.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|err| format!("not a valid message: {err}"))
+    }
+
+    /// The `type` tag of this message, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello { .. } => "hello",
+            ClientMessage::Register { .. } => "register",
+            ClientMessage::Unregister { .. } => "unregister",
+            ClientMessage::Listen => "listen",
+            ClientMessage::Unlisten => "unlisten",
+            ClientMessage::Call { .. } => "call",
+            ClientMessage::Ringing { .. } => "ringing",
+            ClientMessage::Accept { .. } => "accept",
+            ClientMessage::Decline { .. } => "decline",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::Hangup { .. } => "hangup",
+        }
+    }
+}
+
+impl ServerMessage {
+    /// Serialises to the text frame sent on the wire.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialise")
+    }
+
+    /// Builds an error message.
+    pub fn error(code: ErrorCode, message: impl Into<String>, call_id: Option<&str>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            call_id: call_id.map(str::to_owned),
+        }
+    }
+}
+
+/// Checks a callee name: 1 to [`MAX_NAME_LEN`] bytes of letters, digits, space, `.`, `_`
+/// and `-`, not starting or ending with a space.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("a name has 1 to {MAX_NAME_LEN} characters"));
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Err("a name does not start or end with a space".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "a name uses letters, digits, space, '.', '_' and '-' only, not {bad:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a call id: 1 to [`MAX_CALL_ID_LEN`] bytes of letters, digits, `_` and `-`.
+pub fn validate_call_id(call_id: &str) -> Result<(), String> {
+    if call_id.is_empty()
+        || call_id.len() > MAX_CALL_ID_LEN
+        || !call_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        return Err(format!(
+            "a call id has 1 to {MAX_CALL_ID_LEN} letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("front-door").is_ok());
+        assert!(validate_name("Workshop cam 2").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name(" x").is_err());
+        assert!(validate_name("a<b>").is_err());
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn unknown_type_is_a_readable_error() {
+        let err = ClientMessage::parse(r#"{"type":"dance"}"#).unwrap_err();
+        assert!(err.contains("dance"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let msg = ClientMessage::parse(r#"{"type":"listen","future":1}"#).unwrap();
+        assert_eq!(msg, ClientMessage::Listen);
+    }
+}
