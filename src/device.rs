@@ -350,12 +350,10 @@ impl Device {
             .calls
             .get(call_id)
             .is_some_and(|c| c.machine.state().is_over())
+            && let Some(call) = self.calls.remove(call_id)
+            && let Some(peer) = call.peer
         {
-            if let Some(call) = self.calls.remove(call_id)
-                && let Some(peer) = call.peer
-            {
-                peer.close().await;
-            }
+            peer.close().await;
         }
     }
 

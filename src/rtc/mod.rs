@@ -6,8 +6,10 @@
 //! shared encoder (see [`crate::media::fanout`]). The choice of crate stays inside this
 //! module: the rest of peercam sees [`RtcEngine`], [`CallPeer`] and [`PeerEvent`].
 
+mod caller;
 mod clock;
 mod peer;
 
+pub use caller::{Caller, CallerEvent};
 pub use clock::RtpClock;
 pub use peer::{CallPeer, PeerEvent, RtcEngine, check_offer};

@@ -117,6 +117,14 @@ impl RtcEngine {
             .collect();
         Ok(RtcEngine { api, ice_servers })
     }
+
+    pub(super) fn api(&self) -> &API {
+        &self.api
+    }
+
+    pub(super) fn ice_servers(&self) -> Vec<RTCIceServer> {
+        self.ice_servers.clone()
+    }
 }
 
 fn h264_capability(fmtp: &str) -> RTCRtpCodecCapability {

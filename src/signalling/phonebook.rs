@@ -199,13 +199,13 @@ impl Phonebook {
                 sdp,
             } => self.call(conn, call_id, callee, meta, sdp),
             ClientMessage::Ringing { call_id } => {
-                self.from_callee(conn, &call_id, |_| ServerMessage::Ringing {
+                self.relay_from_callee(conn, &call_id, |_| ServerMessage::Ringing {
                     call_id: call_id.clone(),
                 })
             }
             ClientMessage::Accept { call_id, sdp } => self.accept(conn, call_id, sdp),
             ClientMessage::Decline { call_id, reason } => {
-                let mut out = self.from_callee(conn, &call_id, |_| ServerMessage::Declined {
+                let mut out = self.relay_from_callee(conn, &call_id, |_| ServerMessage::Declined {
                     call_id: call_id.clone(),
                     reason,
                 });
@@ -214,7 +214,7 @@ impl Phonebook {
                 }
                 out
             }
-            ClientMessage::Candidate { call_id, candidate } => self.to_other_end(
+            ClientMessage::Candidate { call_id, candidate } => self.relay_to_other_end(
                 conn,
                 &call_id,
                 ServerMessage::Candidate {
@@ -223,7 +223,7 @@ impl Phonebook {
                 },
             ),
             ClientMessage::Hangup { call_id, reason } => {
-                let mut out = self.to_other_end(
+                let mut out = self.relay_to_other_end(
                     conn,
                     &call_id,
                     ServerMessage::Hangup {
@@ -397,7 +397,7 @@ impl Phonebook {
     }
 
     fn accept(&mut self, conn: ConnId, call_id: String, sdp: String) -> Vec<Output> {
-        let mut out = self.from_callee(conn, &call_id, |_| ServerMessage::Accepted {
+        let mut out = self.relay_from_callee(conn, &call_id, |_| ServerMessage::Accepted {
             call_id: call_id.clone(),
             sdp,
         });
@@ -413,8 +413,8 @@ impl Phonebook {
     }
 
     /// Relays a message that only the callee of `call_id` may send.
-    fn from_callee(
-        &mut self,
+    fn relay_from_callee(
+        &self,
         conn: ConnId,
         call_id: &str,
         build: impl FnOnce(&Route) -> ServerMessage,
@@ -428,7 +428,7 @@ impl Phonebook {
     }
 
     /// Relays a message that either end of `call_id` may send to the other.
-    fn to_other_end(&mut self, conn: ConnId, call_id: &str, msg: ServerMessage) -> Vec<Output> {
+    fn relay_to_other_end(&self, conn: ConnId, call_id: &str, msg: ServerMessage) -> Vec<Output> {
         match self.calls.get(call_id) {
             Some(route) if route.caller == conn => vec![Output::Send(route.callee_conn, msg)],
             Some(route) if route.callee_conn == conn => vec![Output::Send(route.caller, msg)],

@@ -71,7 +71,7 @@ describe('peercam in a real browser', () => {
     tmp = await mkdtemp(path.join(tmpdir(), 'peercam-browser-'));
     sock = path.join(tmp, 'control.sock');
 
-    daemon = spawn(BIN, ['run', '--board', 'dev', '--listen', '127.0.0.1:0', '--name', CALLEE, '--control', sock], {
+    daemon = spawn(BIN, ['run', '--board', 'dev', '--listen', '127.0.0.1:0', '--name', CALLEE, '--control', sock, '--no-terminal', '--set', 'ice.loopback=true', '--set', 'ice.interfaces=["lo"]'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     daemon.stderr.setEncoding('utf8').on('data', chunk => daemonErr.push(chunk));

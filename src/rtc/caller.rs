@@ -1,0 +1,296 @@
+//! A caller without a browser: places a call through the phonebook and receives the
+//! camera's video. Tests, benchmarks and `peercam call` use it to watch a camera the
+//! way a page does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::track::track_remote::TrackRemote;
+
+use super::peer::RtcEngine;
+use crate::signalling::protocol::{ClientMessage, IceCandidate, PROTOCOL_VERSION, ServerMessage};
+
+/// What happens to an outgoing call.
+#[derive(Clone)]
+pub enum CallerEvent {
+    /// The callee rings.
+    Ringing,
+    /// The callee accepted; the answer is applied.
+    Accepted,
+    /// The callee declined with this reason.
+    Declined(String),
+    /// The callee hung up (or went away) with this reason.
+    Hangup(String),
+    /// The phonebook refused something about this call.
+    Error(String),
+    /// The media connection is up.
+    Connected,
+    /// The media connection failed or closed.
+    Lost(String),
+    /// The camera's video track arrived.
+    Track(Arc<TrackRemote>),
+}
+
+impl std::fmt::Debug for CallerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallerEvent::Ringing => write!(f, "Ringing"),
+            CallerEvent::Accepted => write!(f, "Accepted"),
+            CallerEvent::Declined(r) => write!(f, "Declined({r:?})"),
+            CallerEvent::Hangup(r) => write!(f, "Hangup({r:?})"),
+            CallerEvent::Error(e) => write!(f, "Error({e:?})"),
+            CallerEvent::Connected => write!(f, "Connected"),
+            CallerEvent::Lost(r) => write!(f, "Lost({r:?})"),
+            CallerEvent::Track(t) => write!(f, "Track(pt {})", t.payload_type()),
+        }
+    }
+}
+
+/// An outgoing call with its own phonebook connection and peer connection.
+pub struct Caller {
+    call_id: String,
+    pc: Arc<RTCPeerConnection>,
+    out: mpsc::UnboundedSender<ClientMessage>,
+    events: mpsc::UnboundedReceiver<CallerEvent>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Caller {
+    /// Connects to the phonebook at `url` and calls `callee` with `meta`, offering to
+    /// receive video. Returns once the call is placed; follow it with [`Caller::next`].
+    pub async fn call(
+        engine: &RtcEngine,
+        url: &str,
+        callee: &str,
+        meta: Value,
+    ) -> anyhow::Result<Caller> {
+        let (mut socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .context("timed out connecting to the phonebook")??;
+        let hello = ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent: Some("peercam-caller".into()),
+        };
+        socket.send(text(&hello)).await?;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .context("no welcome from the phonebook")?
+                .ok_or_else(|| anyhow!("the phonebook closed"))??;
+            if let Message::Text(t) = frame {
+                match serde_json::from_str::<ServerMessage>(&t)? {
+                    ServerMessage::Welcome { .. } => break,
+                    ServerMessage::Error { message, .. } => bail!("phonebook refused: {message}"),
+                    _ => {}
+                }
+            }
+        }
+
+        let pc = Arc::new(
+            engine
+                .api()
+                .new_peer_connection(RTCConfiguration {
+                    ice_servers: engine.ice_servers(),
+                    ..Default::default()
+                })
+                .await?,
+        );
+        pc.add_transceiver_from_kind(
+            RTPCodecType::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: Vec::new(),
+            }),
+        )
+        .await?;
+
+        let call_id = format!("c-{:016x}", rand::random::<u64>());
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientMessage>();
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+
+        let id = call_id.clone();
+        let candidates = out_tx.clone();
+        pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
+            let candidate = c.and_then(|c| c.to_json().ok()).map(|c| IceCandidate {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_m_line_index: c.sdp_mline_index,
+                username_fragment: c.username_fragment,
+            });
+            let _ = candidates.send(ClientMessage::Candidate {
+                call_id: id.clone(),
+                candidate,
+            });
+            Box::pin(async {})
+        }));
+        let state_events = event_tx.clone();
+        pc.on_peer_connection_state_change(Box::new(move |state| {
+            let event = match state {
+                RTCPeerConnectionState::Connected => Some(CallerEvent::Connected),
+                RTCPeerConnectionState::Failed => Some(CallerEvent::Lost("connection lost".into())),
+                RTCPeerConnectionState::Closed => {
+                    Some(CallerEvent::Lost("connection closed".into()))
+                }
+                _ => None,
+            };
+            if let Some(event) = event {
+                let _ = state_events.send(event);
+            }
+            Box::pin(async {})
+        }));
+        let track_events = event_tx.clone();
+        pc.on_track(Box::new(move |track, _, _| {
+            let _ = track_events.send(CallerEvent::Track(track));
+            Box::pin(async {})
+        }));
+
+        let offer = pc.create_offer(None).await?;
+        // The call goes out before gathering starts, so no candidate overtakes it.
+        out_tx.send(ClientMessage::Call {
+            call_id: call_id.clone(),
+            callee: callee.to_owned(),
+            meta,
+            sdp: offer.sdp.clone(),
+        })?;
+        let (mut sink, mut stream) = socket.split();
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = out_rx.recv().await {
+                let last = matches!(msg, ClientMessage::Hangup { .. });
+                if sink.send(text(&msg)).await.is_err() || last {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        pc.set_local_description(offer).await?;
+
+        let reader_pc = pc.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(frame)) = stream.next().await {
+                let Message::Text(t) = frame else { continue };
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(&t) else {
+                    continue;
+                };
+                let event = match msg {
+                    ServerMessage::Ringing { .. } => CallerEvent::Ringing,
+                    ServerMessage::Accepted { sdp, .. } => {
+                        let applied = match RTCSessionDescription::answer(sdp) {
+                            Ok(answer) => reader_pc.set_remote_description(answer).await,
+                            Err(err) => Err(err),
+                        };
+                        match applied {
+                            Ok(()) => CallerEvent::Accepted,
+                            Err(err) => CallerEvent::Error(format!("bad answer: {err}")),
+                        }
+                    }
+                    ServerMessage::Declined { reason, .. } => CallerEvent::Declined(reason),
+                    ServerMessage::Hangup { reason, .. } => CallerEvent::Hangup(reason),
+                    ServerMessage::Error { message, .. } => CallerEvent::Error(message),
+                    ServerMessage::Candidate {
+                        candidate: Some(c), ..
+                    } => {
+                        let init = RTCIceCandidateInit {
+                            candidate: c.candidate,
+                            sdp_mid: c.sdp_mid,
+                            sdp_mline_index: c.sdp_m_line_index,
+                            username_fragment: c.username_fragment,
+                        };
+                        if let Err(err) = reader_pc.add_ice_candidate(init).await {
+                            debug!(%err, "candidate refused");
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if event_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Caller {
+            call_id,
+            pc,
+            out: out_tx,
+            events: event_rx,
+            tasks: vec![writer, reader],
+        })
+    }
+
+    /// The id of this call.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// The next thing that happens to the call, or `None` after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<CallerEvent> {
+        tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits until an event `pick` accepts, up to `timeout`, failing on a decline,
+    /// hang-up or error first.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&CallerEvent) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self
+                .next(left)
+                .await
+                .ok_or_else(|| anyhow!("nothing happened within {timeout:?}"))?;
+            if let Some(found) = pick(&event) {
+                return Ok(found);
+            }
+            if let CallerEvent::Declined(_) | CallerEvent::Hangup(_) | CallerEvent::Error(_) = event
+            {
+                bail!("the call ended instead: {event:?}");
+            }
+        }
+    }
+
+    /// Hangs up with `reason` and closes the connection.
+    pub async fn hang_up(self, reason: &str) {
+        let _ = self.out.send(ClientMessage::Hangup {
+            call_id: self.call_id.clone(),
+            reason: reason.into(),
+        });
+        let _ = self.pc.close().await;
+        let mut tasks = self.tasks.into_iter();
+        if let Some(writer) = tasks.next() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        }
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+fn text(msg: &ClientMessage) -> Message {
+    Message::Text(
+        serde_json::to_string(msg)
+            .expect("client messages serialise")
+            .into(),
+    )
+}

@@ -1,0 +1,282 @@
+//! Shared by the integration tests: start the real daemon binary, press its buttons, and
+//! decode received video with GStreamer.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use peercam::config::IceSettings;
+use peercam::rtc::RtcEngine;
+use webrtc::track::track_remote::TrackRemote;
+
+/// ICE restricted to loopback, for both ends of every test call.
+pub fn loopback_ice() -> IceSettings {
+    IceSettings {
+        servers: Vec::new(),
+        interfaces: vec!["lo".into()],
+        loopback: true,
+    }
+}
+
+/// A caller-side WebRTC engine on loopback.
+pub fn caller_engine() -> RtcEngine {
+    RtcEngine::new(&loopback_ice()).expect("engine")
+}
+
+/// The daemon binary running with the dev board on loopback.
+pub struct Daemon {
+    child: Child,
+    pub page: String,
+    pub ws: String,
+    pub control: PathBuf,
+    _dir: tempfile::TempDir,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `peercam run` with an embedded phonebook on 127.0.0.1:0 and `extra` args.
+    pub fn start(name: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = dir.path().join("control.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
+            .args([
+                "run",
+                "--board",
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                name,
+            ])
+            .arg("--control")
+            .arg(&control)
+            .args([
+                "--no-terminal",
+                "--set",
+                "ice.loopback=true",
+                "--set",
+                "ice.interfaces=[\"lo\"]",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,peercam=debug,webrtc=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the peercam binary starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("the daemon prints its URL");
+        let page = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}; stderr: {}", stderr.lock().unwrap()))
+            .to_owned();
+        let ws = format!("{}ws", page.replacen("http://", "ws://", 1));
+        std::thread::spawn(move || for _ in out.lines() {});
+        let daemon = Daemon {
+            child,
+            page,
+            ws,
+            control,
+            _dir: dir,
+            stderr,
+        };
+        daemon.wait_until(Duration::from_secs(10), |s| s["registered"] == true);
+        daemon
+    }
+
+    /// Sends one control line; `Ok(reply)` or `Err(error text)`.
+    pub fn control(&self, line: &str) -> Result<String, String> {
+        send_control(&self.control, line).expect("control socket reachable")
+    }
+
+    /// The daemon's status.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.control("status").expect("status")).expect("status is JSON")
+    }
+
+    /// Polls the status until `ok` holds, panicking after `timeout`.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Ok(reply) = self.control_quiet("status") {
+                let status: serde_json::Value = serde_json::from_str(&reply).unwrap();
+                if ok(&status) {
+                    return status;
+                }
+                if start.elapsed() > timeout {
+                    panic!(
+                        "condition not met within {timeout:?}; status {status}\nstderr:\n{}",
+                        self.stderr()
+                    );
+                }
+            } else if start.elapsed() > timeout {
+                panic!(
+                    "the control socket never answered\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn control_quiet(&self, line: &str) -> Result<String, String> {
+        send_control(&self.control, line).unwrap_or_else(|err| Err(err.to_string()))
+    }
+
+    /// What the daemon logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits up to 10 s for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!(
+                    "the daemon did not stop within 10 s of SIGTERM\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Talks to the control socket from any context, async test or not, on a thread of its
+/// own with its own small runtime.
+fn send_control(path: &std::path::Path, line: &str) -> anyhow::Result<Result<String, String>> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(peercam::gpio::simulated::send_control(path, line))
+            })
+            .join()
+            .expect("control thread")
+    })
+}
+
+/// What a decoder made of a received track.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Decoded {
+    pub frames: u64,
+    pub width: i32,
+    pub height: i32,
+    /// Time from the start of decoding to the first decoded picture.
+    pub first_frame: Option<Duration>,
+}
+
+/// Decodes the H.264 `track` with GStreamer (`rtph264depay ! avdec_h264`) until
+/// `want_frames` pictures came out or `timeout` passed.
+pub async fn decode(track: Arc<TrackRemote>, want_frames: u64, timeout: Duration) -> Decoded {
+    gst::init().unwrap();
+    let caps = format!(
+        "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={}",
+        track.payload_type()
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=rtp is-live=true format=time caps=\"{caps}\" ! rtph264depay ! h264parse ! avdec_h264 ! \
+         videoconvert ! video/x-raw,format=I420 ! appsink name=pictures sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("rtp")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("pictures")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let frames = Arc::new(AtomicU64::new(0));
+    let size = Arc::new(Mutex::new((0, 0)));
+    let first = Arc::new(Mutex::new(None));
+    let start = Instant::now();
+    {
+        let frames = frames.clone();
+        let size = size.clone();
+        let first = first.clone();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(s) = sample
+                        .caps()
+                        .and_then(|c| c.structure(0).map(|s| s.to_owned()))
+                    {
+                        *size.lock().unwrap() = (
+                            s.get::<i32>("width").unwrap_or(0),
+                            s.get::<i32>("height").unwrap_or(0),
+                        );
+                    }
+                    first.lock().unwrap().get_or_insert(start.elapsed());
+                    frames.fetch_add(1, Ordering::Relaxed);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    }
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while frames.load(Ordering::Relaxed) < want_frames {
+        let packet = match tokio::time::timeout_at(deadline, track.read_rtp()).await {
+            Ok(Ok((packet, _))) => packet,
+            _ => break,
+        };
+        use webrtc::util::Marshal;
+        let bytes = packet.marshal().unwrap();
+        let _ = src.push_buffer(gst::Buffer::from_slice(bytes));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (width, height) = *size.lock().unwrap();
+    let first_frame = *first.lock().unwrap();
+    Decoded {
+        frames: frames.load(Ordering::Relaxed),
+        width,
+        height,
+        first_frame,
+    }
+}

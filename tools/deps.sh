@@ -1,0 +1,58 @@
+# Sourced by tools/run and tools/test: installs what peercam needs from Debian's
+# packages (and npm, for the browser tests) when it is missing, and says what it installs.
+# Expects a Rust toolchain from rustup (cargo on PATH, Rust 1.95 or newer).
+
+set -euo pipefail
+
+# Packages to build and run peercam with the dev board (test pattern + x264).
+PEERCAM_RUN_PACKAGES=(
+  build-essential pkg-config libclang-dev
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+)
+# More for the test suite: a headless browser and Node for playwright-core.
+PEERCAM_TEST_PACKAGES=(chromium nodejs npm)
+
+peercam_need_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    for dir in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+      [ -x "$dir/cargo" ] && export PATH="$dir:$PATH" && return 0
+    done
+    echo "peercam: cargo not found. Install Rust with rustup first: https://rustup.rs" >&2
+    exit 1
+  fi
+}
+
+# Installs the Debian packages among "$@" that are not installed yet.
+peercam_apt_install() {
+  local missing=()
+  local pkg
+  for pkg in "$@"; do
+    # A command that is already there (Node from another source) is good enough.
+    case "$pkg" in
+      nodejs) command -v node >/dev/null 2>&1 && continue ;;
+      npm) command -v npm >/dev/null 2>&1 && continue ;;
+      chromium) [ -x /usr/bin/chromium ] && continue ;;
+    esac
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "peercam: installing Debian packages: ${missing[*]}" >&2
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "peercam: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# Installs the browser tests' npm modules (playwright-core, pinned) when missing.
+peercam_npm_install() {
+  local dir="$1"
+  if [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "peercam: installing npm modules for the browser tests in $dir" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
