@@ -36,7 +36,13 @@ pub async fn run(
 
     let mut tasks = Vec::new();
     let phonebook_url = match &settings.device.phonebook {
-        Some(url) => url.clone(),
+        Some(url) => {
+            println!(
+                "peercam: registering as {:?} on the phonebook at {url}",
+                settings.name()
+            );
+            url.clone()
+        }
         None => {
             let (addr, task) = start_phonebook(
                 settings.device.listen,

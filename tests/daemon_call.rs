@@ -122,3 +122,151 @@ async fn a_second_viewer_shares_the_encoder_and_gets_a_keyframe_at_once() {
         daemon.wait_until(Duration::from_secs(5), |s| s["viewers"] == 0)
     });
 }
+
+/// With a remote phonebook, the camera registers there, and registers again by itself
+/// after the phonebook restarts; calls work through the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_re_registers_after_the_phonebook_restarts() {
+    let phonebook = common::StandalonePhonebook::start(None);
+    let port = phonebook.port;
+    let url = phonebook.ws();
+    let daemon = Daemon::start("porch", &["--phonebook", &url, "--answer", "auto"]);
+    assert_eq!(daemon.ws, url);
+
+    phonebook.kill();
+    tokio::task::block_in_place(|| {
+        daemon.wait_until(Duration::from_secs(5), |s| s["registered"] == false)
+    });
+    let restarted = std::time::Instant::now();
+    let _phonebook = common::StandalonePhonebook::start(Some(port));
+    tokio::task::block_in_place(|| {
+        daemon.wait_until(Duration::from_secs(15), |s| s["registered"] == true)
+    });
+    println!(
+        "re-registered {:?} after the phonebook came back",
+        restarted.elapsed()
+    );
+
+    let engine = caller_engine();
+    let mut call = Caller::call(&engine, &url, "porch", json!({"callerName": "Back"}))
+        .await
+        .unwrap();
+    let track = call
+        .wait_for(Duration::from_secs(10), |e| match e {
+            CallerEvent::Track(t) => Some(t.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
+    let decoded = decode(track, 10, Duration::from_secs(10)).await;
+    assert!(decoded.frames >= 10, "{decoded:?}");
+    call.hang_up("bye").await;
+}
+
+/// Sends `hello` and one `call` with `sdp` over a raw WebSocket, and returns the socket.
+async fn raw_call(
+    url: &str,
+    call_id: &str,
+    callee: &str,
+    sdp: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures_util::SinkExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    for msg in [
+        json!({"type": "hello", "version": 1}),
+        json!({"type": "call", "call_id": call_id, "callee": callee, "meta": {"callerName": "Raw"}, "sdp": sdp}),
+    ] {
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            msg.to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    ws
+}
+
+/// The next message of `type_`, skipping others, within 10 s.
+async fn next_of_type(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    type_: &str,
+) -> serde_json::Value {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {type_} within 10 s"))
+            .expect("socket open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            let msg: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if msg["type"] == type_ {
+                return msg;
+            }
+        }
+    }
+}
+
+/// Garbage or video-less SDP is declined with a reason the caller can read, and the
+/// daemon goes on answering good calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_offers_are_declined_with_a_reason() {
+    let daemon = Daemon::start("strict-cam", &["--answer", "auto"]);
+    let mut ws = raw_call(&daemon.ws, "c-garbage", "strict-cam", "this is not SDP").await;
+    let declined = next_of_type(&mut ws, "declined").await;
+    assert!(
+        declined["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not valid SDP"),
+        "{declined}"
+    );
+    let audio_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    let mut ws = raw_call(&daemon.ws, "c-audio", "strict-cam", audio_only).await;
+    let declined = next_of_type(&mut ws, "declined").await;
+    assert!(
+        declined["reason"].as_str().unwrap().contains("no video"),
+        "{declined}"
+    );
+
+    let engine = caller_engine();
+    let mut call = Caller::call(&engine, &daemon.ws, "strict-cam", json!({}))
+        .await
+        .unwrap();
+    call.wait_for(Duration::from_secs(10), |e| {
+        matches!(e, CallerEvent::Track(_)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
+    call.hang_up("bye").await;
+}
+
+/// A caller who gives up while it rings stops the ringing at once: nothing is left to
+/// accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_up_while_it_rings_stops_the_ringing() {
+    let daemon = Daemon::start("door", &[]);
+    let engine = caller_engine();
+    let mut call = Caller::call(
+        &engine,
+        &daemon.ws,
+        "door",
+        json!({"callerName": "Impatient"}),
+    )
+    .await
+    .unwrap();
+    call.wait_for(Duration::from_secs(10), |e| {
+        matches!(e, CallerEvent::Ringing).then_some(())
+    })
+    .await
+    .unwrap();
+    call.hang_up("caller hung up").await;
+    tokio::task::block_in_place(|| {
+        daemon.wait_until(Duration::from_secs(5), |s| {
+            s["calls"].as_array().is_some_and(|c| c.is_empty())
+        });
+        assert_eq!(daemon.control("accept"), Err("no call is ringing".into()));
+    });
+}

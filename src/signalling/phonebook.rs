@@ -94,31 +94,38 @@ impl Phonebook {
     /// A text frame arrived on `conn`.
     pub fn handle_text(&mut self, conn: ConnId, text: &str) -> Vec<Output> {
         if text.len() > MAX_MESSAGE_BYTES {
-            return vec![Output::Send(
+            return self.invalid(
                 conn,
-                ServerMessage::error(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "message of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
-                        text.len()
-                    ),
-                    None,
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+                    text.len()
                 ),
-            )];
+            );
         }
         match ClientMessage::parse(text) {
             Ok(msg) => self.handle(conn, msg),
-            Err(why) => {
-                let greeted = self.connections.get(&conn).is_some_and(|c| c.greeted);
-                let mut out = vec![Output::Send(
+            Err(why) => self.invalid(conn, ErrorCode::BadMessage, why),
+        }
+    }
+
+    /// `conn` sent something that is not a message (unparseable, binary, too large).
+    /// Before `hello` that ends the connection with `hello_required`; after it, the
+    /// client gets `code` and may go on.
+    pub fn invalid(&mut self, conn: ConnId, code: ErrorCode, why: String) -> Vec<Output> {
+        let greeted = self.connections.get(&conn).is_some_and(|c| c.greeted);
+        if greeted {
+            vec![error(conn, code, why, None)]
+        } else {
+            vec![
+                error(
                     conn,
-                    ServerMessage::error(ErrorCode::BadMessage, why, None),
-                )];
-                if !greeted {
-                    out.push(Output::Close(conn));
-                }
-                out
-            }
+                    ErrorCode::HelloRequired,
+                    format!("the first message must be hello with a version ({why})"),
+                    None,
+                ),
+                Output::Close(conn),
+            ]
         }
     }
 
@@ -244,6 +251,10 @@ impl Phonebook {
         let Some(state) = self.connections.remove(&conn) else {
             return Vec::new();
         };
+        // Names go first, so listeners do not see the callee turn available on its way out.
+        for name in &state.names {
+            self.callees.remove(name);
+        }
         let mut out = Vec::new();
         let mut ended: Vec<(String, ConnId, &'static str)> = self
             .calls
@@ -270,7 +281,6 @@ impl Phonebook {
             out.extend(self.end_call(&call_id));
         }
         for name in state.names {
-            self.callees.remove(&name);
             out.extend(self.to_listeners(ServerMessage::CalleeRemoved { name }));
         }
         out
@@ -438,14 +448,29 @@ impl Phonebook {
 
     fn end_call(&mut self, call_id: &str) -> Vec<Output> {
         match self.calls.remove(call_id) {
-            Some(route) => self.push_callee(&route.callee),
-            None => Vec::new(),
+            Some(route)
+                if self
+                    .callees
+                    .get(&route.callee)
+                    .is_some_and(|r| r.owner == route.callee_conn) =>
+            {
+                self.push_callee(&route.callee)
+            }
+            _ => Vec::new(),
         }
     }
 
     fn presence(&self, name: &str) -> Presence {
+        let Some(owner) = self.callees.get(name).map(|r| r.owner) else {
+            return Presence::Available;
+        };
         let mut ringing = false;
-        for route in self.calls.values().filter(|r| r.callee == name) {
+        // Calls still held by a connection that gave the name up are not the new owner's.
+        for route in self
+            .calls
+            .values()
+            .filter(|r| r.callee == name && r.callee_conn == owner)
+        {
             if route.accepted {
                 return Presence::InCall;
             }

@@ -279,7 +279,13 @@ fn empty_object() -> Value {
 impl ClientMessage {
     /// Parses one text frame, with an error that says what is wrong in plain words.
     pub fn parse(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|err| format!("not a valid message: {err}"))
+        let value: Value =
+            serde_json::from_str(text).map_err(|err| format!("not valid JSON: {err}"))?;
+        // serde would also take the array form of a tagged enum; the protocol is objects.
+        if !value.is_object() {
+            return Err("a message is a JSON object with a \"type\" field".into());
+        }
+        serde_json::from_value(value).map_err(|err| format!("not a valid message: {err}"))
     }
 
     /// The `type` tag of this message, for logs.

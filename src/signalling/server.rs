@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,10 +20,12 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::phonebook::{ConnId, Output, Phonebook};
-use super::protocol::IceServer;
+use super::protocol::{ErrorCode, IceServer};
 use crate::web;
 
 /// Frames above this size close the connection outright (the phonebook answers frames
@@ -43,6 +45,7 @@ enum Outgoing {
     Text(String),
     Ping,
     Close,
+    GoingAway,
 }
 
 struct Hub {
@@ -55,6 +58,9 @@ struct Hub {
 pub struct PhonebookServer {
     hub: Arc<Mutex<Hub>>,
     next_conn: Arc<AtomicU64>,
+    /// Cancelled on shutdown: every open WebSocket closes with "going away".
+    closing: CancellationToken,
+    connections: TaskTracker,
 }
 
 impl PhonebookServer {
@@ -66,6 +72,8 @@ impl PhonebookServer {
                 queues: HashMap::new(),
             })),
             next_conn: Arc::new(AtomicU64::new(1)),
+            closing: CancellationToken::new(),
+            connections: TaskTracker::new(),
         }
     }
 
@@ -88,13 +96,27 @@ impl PhonebookServer {
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         info!(%addr, "phonebook listening");
-        axum::serve(
+        let closing = self.closing.clone();
+        let result = axum::serve(
             listener,
             self.router()
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.cancel();
+        })
+        .await;
+        // axum does not wait for upgraded connections: close them ourselves.
+        self.closing.cancel();
+        self.connections.close();
+        if tokio::time::timeout(Duration::from_secs(3), self.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!("some WebSocket connections did not close within 3 s");
+        }
+        result?;
         Ok(())
     }
 
@@ -118,6 +140,14 @@ impl PhonebookServer {
     fn text(&self, conn: ConnId, text: &str) {
         let mut hub = self.lock();
         let out = hub.book.handle_text(conn, text);
+        deliver(&mut hub, out);
+    }
+
+    fn invalid(&self, conn: ConnId, why: &str) {
+        let mut hub = self.lock();
+        let out = hub
+            .book
+            .invalid(conn, ErrorCode::BadMessage, why.to_owned());
         deliver(&mut hub, out);
     }
 
@@ -157,7 +187,10 @@ async fn upgrade(
 ) -> Response {
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| connection(server, socket, peer))
+        .on_upgrade(move |socket| {
+            let tracker = server.connections.clone();
+            tracker.track_future(connection(server, socket, peer))
+        })
 }
 
 async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr) {
@@ -173,6 +206,14 @@ async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr
                     let _ = sink.send(Message::Close(None)).await;
                     break;
                 }
+                Outgoing::GoingAway => {
+                    let frame = CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "phonebook shutting down".into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                }
             };
             if result.is_err() {
                 break;
@@ -182,13 +223,23 @@ async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr
 
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = tokio::time::Instant::now();
+    let closing = server.closing.clone();
+    let mut writer = writer;
     loop {
         tokio::select! {
+            _ = closing.cancelled() => {
+                let queue = server.lock().queues.get(&conn).cloned();
+                if let Some(queue) = queue {
+                    let _ = queue.try_send(Outgoing::GoingAway);
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+                break;
+            }
             frame = stream.next() => {
                 last_heard = tokio::time::Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => server.text(conn, text.as_str()),
-                    Some(Ok(Message::Binary(_))) => server.text(conn, "binary frames are not part of the protocol"),
+                    Some(Ok(Message::Binary(_))) => server.invalid(conn, "binary frames are not part of the protocol; send JSON text"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(err)) => {

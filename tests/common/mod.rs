@@ -44,6 +44,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `peercam run` with an embedded phonebook on 127.0.0.1:0 and `extra` args.
     pub fn start(name: &str, extra: &[&str]) -> Daemon {
+        let daemon = Daemon::spawn(name, extra);
+        daemon.wait_until(Duration::from_secs(10), |s| s["registered"] == true);
+        daemon
+    }
+
+    /// Starts `peercam run` without waiting for it to register.
+    pub fn spawn(name: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("control.sock");
         let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
@@ -85,23 +92,30 @@ impl Daemon {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("the daemon prints its URL");
-        let page = line
+        let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("ws://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}; stderr: {}", stderr.lock().unwrap()))
             .to_owned();
-        let ws = format!("{}ws", page.replacen("http://", "ws://", 1));
+        let (page, ws) = match url.strip_prefix("ws://") {
+            Some(rest) => (
+                format!("http://{}/", rest.trim_end_matches("/ws")),
+                url.clone(),
+            ),
+            None => (
+                url.clone(),
+                format!("{}ws", url.replacen("http://", "ws://", 1)),
+            ),
+        };
         std::thread::spawn(move || for _ in out.lines() {});
-        let daemon = Daemon {
+        Daemon {
             child,
             page,
             ws,
             control,
             _dir: dir,
             stderr,
-        };
-        daemon.wait_until(Duration::from_secs(10), |s| s["registered"] == true);
-        daemon
+        }
     }
 
     /// Sends one control line; `Ok(reply)` or `Err(error text)`.
@@ -170,6 +184,57 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A standalone `peercam phonebook` on a fixed loopback port, so it can be restarted
+/// where the cameras expect it.
+pub struct StandalonePhonebook {
+    child: Child,
+    pub port: u16,
+}
+
+impl StandalonePhonebook {
+    /// Starts on `port`, or on a free port when `None`; returns once it prints its URL.
+    pub fn start(port: Option<u16>) -> StandalonePhonebook {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
+            .args(["phonebook", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the phonebook starts");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.contains("http://"), "phonebook said {line:?}");
+        std::thread::spawn(move || for _ in out.lines() {});
+        StandalonePhonebook { child, port }
+    }
+
+    /// The WebSocket URL cameras and pages use.
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// Kills it at once, as a crash or power cut would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for StandalonePhonebook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
