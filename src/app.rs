@@ -1,8 +1,10 @@
 //! Wires the real parts together: the embedded phonebook (unless a remote one is
 //! configured), the camera feed, the buttons and the device, until shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -12,7 +14,7 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::device;
-use crate::gpio::simulated;
+use crate::gpio::{self, simulated};
 use crate::media::{self, fanout::VideoFeed, pipeline};
 use crate::signalling::server::PhonebookServer;
 
@@ -35,6 +37,9 @@ pub async fn run(
     info!(board = %settings.board, pipeline = %description, "camera");
 
     let mut tasks = Vec::new();
+    // The embedded phonebook outlives the device, so the hang-ups of a shutdown reach
+    // the callers before it closes their sockets.
+    let phonebook_stop = CancellationToken::new();
     let phonebook_url = match &settings.device.phonebook {
         Some(url) => {
             println!(
@@ -47,7 +52,7 @@ pub async fn run(
             let (addr, task) = start_phonebook(
                 settings.device.listen,
                 settings.ice.servers.clone(),
-                shutdown.clone(),
+                phonebook_stop.clone(),
             )
             .await?;
             tasks.push(task);
@@ -74,6 +79,15 @@ pub async fn run(
         .then(|| simulated::terminal_keys(command_tx.clone()))
         .flatten();
     let interactive = _terminal.is_some();
+
+    let (edge_tx, edge_rx) = mpsc::unbounded_channel();
+    let indicators = gpio::open(&settings.gpio, edge_tx)?;
+    tasks.push(tokio::spawn(decode_presses(
+        edge_rx,
+        Duration::from_millis(settings.gpio.debounce_ms),
+        Duration::from_millis(settings.gpio.long_press_ms),
+        command_tx.clone(),
+    )));
     drop(command_tx);
 
     let feed = VideoFeed::new(description, settings.idle_stop());
@@ -82,15 +96,43 @@ pub async fn run(
         phonebook_url,
         feed,
         command_rx,
+        indicators,
         interactive,
         shutdown.clone(),
     )
     .await;
     shutdown.cancel();
+    phonebook_stop.cancel();
     for task in tasks {
         let _ = task.await;
     }
     result
+}
+
+/// Turns the buttons' edges into presses for the device.
+async fn decode_presses(
+    mut edges: mpsc::UnboundedReceiver<gpio::Edge>,
+    debounce: Duration,
+    long_press: Duration,
+    commands: mpsc::Sender<gpio::Command>,
+) {
+    let mut decoders: HashMap<gpio::ButtonId, gpio::PressDecoder> = HashMap::new();
+    while let Some(edge) = edges.recv().await {
+        let decoder = decoders
+            .entry(edge.button)
+            .or_insert_with(|| gpio::PressDecoder::new(debounce, long_press));
+        if let Some(kind) = decoder.edge(edge.pressed, edge.at) {
+            let press = gpio::press_for(edge.button, kind);
+            info!(button = ?edge.button, ?kind, "button pressed");
+            let command = gpio::Command {
+                kind: gpio::CommandKind::Press(press),
+                reply: None,
+            };
+            if commands.send(command).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Runs a standalone phonebook until `shutdown`.

@@ -53,14 +53,54 @@ impl fmt::Display for CallState {
     }
 }
 
+/// What the device's rules say about a new call, before anyone is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Ring and wait for a person.
+    Ring,
+    /// Accept at once (policy `auto`, or the caller is on the allow-list).
+    Accept,
+    /// Decline at once with this reason (do not disturb, busy).
+    Decline(String),
+}
+
+/// The rules that decide how a new call is admitted.
+#[derive(Debug, Clone)]
+pub struct AnswerRules {
+    /// Accept every call without ringing.
+    pub auto: bool,
+    /// Caller names accepted without ringing.
+    pub allow: Vec<String>,
+    /// Calls at once (ringing or watching) before new ones are busy.
+    pub max_viewers: usize,
+    /// Reason given while do-not-disturb is on.
+    pub dnd_reason: String,
+}
+
+/// The reason a call gets when the device already has `max_viewers` calls.
+pub const BUSY: &str = "busy";
+
+impl AnswerRules {
+    /// How a call from `caller` is admitted while `active` calls ring or run and
+    /// do-not-disturb is `dnd`.
+    pub fn admit(&self, caller: Option<&str>, active: usize, dnd: bool) -> Admission {
+        if dnd {
+            Admission::Decline(self.dnd_reason.clone())
+        } else if active >= self.max_viewers {
+            Admission::Decline(BUSY.into())
+        } else if self.auto || caller.is_some_and(|c| self.allow.iter().any(|a| a == c)) {
+            Admission::Accept
+        } else {
+            Admission::Ring
+        }
+    }
+}
+
 /// What happened to the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// The caller's offer arrived; `auto_accept` when the answer policy accepts it at once.
-    Offered {
-        /// Accept without waiting for a person.
-        auto_accept: bool,
-    },
+    /// The caller's offer arrived, admitted as the rules say.
+    Offered(Admission),
     /// A person (or the control socket) accepted.
     Accept,
     /// A person declined, with this reason.
@@ -157,10 +197,11 @@ impl Call {
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         use CallState::*;
         match (self.state, input) {
-            (Initial, Input::Offered { auto_accept }) => {
+            (Initial, Input::Offered(Admission::Decline(reason))) => self.decline(now, reason),
+            (Initial, Input::Offered(admission)) => {
                 let mut actions = self.go(Ringing, now, None);
                 actions.insert(0, Action::SendRinging);
-                if auto_accept {
+                if admission == Admission::Accept {
                     actions.extend(self.handle(Input::Accept, now));
                 }
                 actions
@@ -218,7 +259,7 @@ mod tests {
 
     fn ringing(t0: Instant) -> Call {
         let mut call = Call::new(t0, Duration::from_secs(30));
-        let actions = call.handle(Input::Offered { auto_accept: false }, t0);
+        let actions = call.handle(Input::Offered(Admission::Ring), t0);
         assert_eq!(
             actions,
             vec![
@@ -256,7 +297,7 @@ mod tests {
     fn auto_accept_answers_at_once() {
         let t0 = Instant::now();
         let mut call = Call::new(t0, Duration::from_secs(30));
-        let actions = call.handle(Input::Offered { auto_accept: true }, t0);
+        let actions = call.handle(Input::Offered(Admission::Accept), t0);
         assert_eq!(actions[0], Action::SendRinging);
         assert!(actions.contains(&Action::Answer));
         assert_eq!(call.state(), CallState::Accepted);
@@ -328,6 +369,54 @@ mod tests {
         let actions = call.handle(Input::PeerLost("connection lost".into()), t0);
         assert_eq!(actions[0], Action::SendHangup("connection lost".into()));
         assert_eq!(actions[1], Action::ClosePeer);
+    }
+
+    #[test]
+    fn a_call_the_rules_decline_never_rings() {
+        let t0 = Instant::now();
+        let mut call = Call::new(t0, Duration::from_secs(30));
+        let actions = call.handle(Input::Offered(Admission::Decline(BUSY.into())), t0);
+        assert_eq!(
+            actions,
+            vec![
+                Action::SendDecline(BUSY.into()),
+                Action::StateChanged(CallState::Declined, Some(BUSY.into()))
+            ]
+        );
+    }
+
+    fn rules() -> AnswerRules {
+        AnswerRules {
+            auto: false,
+            allow: vec!["Grandma".into()],
+            max_viewers: 2,
+            dnd_reason: "Do not disturb".into(),
+        }
+    }
+
+    #[test]
+    fn rules_admit_by_dnd_then_capacity_then_allow_list_then_policy() {
+        let r = rules();
+        assert_eq!(r.admit(Some("Ray"), 0, false), Admission::Ring);
+        assert_eq!(r.admit(Some("Grandma"), 1, false), Admission::Accept);
+        assert_eq!(
+            r.admit(Some("Grandma"), 2, false),
+            Admission::Decline(BUSY.into())
+        );
+        assert_eq!(
+            r.admit(Some("Grandma"), 0, true),
+            Admission::Decline("Do not disturb".into())
+        );
+        assert_eq!(r.admit(None, 1, false), Admission::Ring);
+        let auto = AnswerRules {
+            auto: true,
+            ..rules()
+        };
+        assert_eq!(auto.admit(Some("Ray"), 1, false), Admission::Accept);
+        assert_eq!(
+            auto.admit(Some("Ray"), 2, false),
+            Admission::Decline(BUSY.into())
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Settings {
     /// How WebRTC finds a path.
     #[serde(default)]
     pub ice: IceSettings,
+    /// Buttons and lights.
+    #[serde(default)]
+    pub gpio: GpioSettings,
 }
 
 /// Identity and addresses.
@@ -117,10 +120,16 @@ pub enum AnswerPolicy {
 pub struct CallSettings {
     /// How calls are answered.
     pub answer: AnswerPolicy,
+    /// Caller names (`callerName` in the caller's metadata) accepted without ringing.
+    pub allow: Vec<String>,
     /// A call nobody answers is declined with "no answer" after this long.
     pub ring_timeout_secs: u64,
     /// The reason sent when the decline button is pressed.
     pub decline_reason: String,
+    /// The reason sent while the device is set to do not disturb.
+    pub dnd_reason: String,
+    /// Calls at once, ringing or watching; more are declined as "busy".
+    pub max_viewers: usize,
     /// Seconds the camera keeps running after the last viewer left.
     pub idle_stop_secs: u64,
 }
@@ -129,9 +138,96 @@ impl Default for CallSettings {
     fn default() -> Self {
         CallSettings {
             answer: AnswerPolicy::Buttons,
+            allow: Vec::new(),
             ring_timeout_secs: 30,
             decline_reason: "Not now".into(),
+            dnd_reason: "Do not disturb".into(),
+            max_viewers: 4,
             idle_stop_secs: 5,
+        }
+    }
+}
+
+/// Which GPIO driver runs the buttons and lights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpioBackend {
+    /// No pins: the terminal and the control socket are the buttons.
+    #[default]
+    None,
+    /// The Raspberry Pi's GPIO through rppal (feature `rpi`).
+    Rppal,
+    /// Any board's GPIO character device (feature `cdev`): Orange Pi, Rock, Jetson …
+    Cdev,
+}
+
+/// Pull resistor of an input pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bias {
+    /// No pull resistor (an external one is fitted).
+    None,
+    /// Pull up: the button connects the pin to ground.
+    #[default]
+    PullUp,
+    /// Pull down: the button connects the pin to 3.3 V.
+    PullDown,
+}
+
+/// One pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinSettings {
+    /// BCM number on a Raspberry Pi; line offset on the chip for `cdev`.
+    pub line: u32,
+    /// True when the pin reads low while the button is pressed (or the output is on
+    /// when low). Buttons to ground with a pull-up are active-low.
+    #[serde(default)]
+    pub active_low: bool,
+    /// Pull resistor, for inputs.
+    #[serde(default)]
+    pub bias: Bias,
+}
+
+/// Buttons and lights.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpioSettings {
+    /// Which driver.
+    pub backend: GpioBackend,
+    /// The GPIO chip for `cdev`.
+    pub chip: String,
+    /// Edges closer than this are contact bounce.
+    pub debounce_ms: u64,
+    /// A press held this long is a long press (decline: do not disturb).
+    pub long_press_ms: u64,
+    /// The accept button.
+    pub accept: Option<PinSettings>,
+    /// The decline button (long press: do not disturb on/off).
+    pub decline: Option<PinSettings>,
+    /// The optional hang-up button.
+    pub hangup: Option<PinSettings>,
+    /// LED that blinks while a call rings.
+    pub ring_led: Option<PinSettings>,
+    /// LED lit while anyone watches.
+    pub on_air_led: Option<PinSettings>,
+    /// Buzzer that beeps while a call rings.
+    pub buzzer: Option<PinSettings>,
+}
+
+impl Default for GpioSettings {
+    fn default() -> Self {
+        GpioSettings {
+            backend: GpioBackend::None,
+            chip: "/dev/gpiochip0".into(),
+            debounce_ms: 30,
+            long_press_ms: 1500,
+            accept: None,
+            decline: None,
+            hangup: None,
+            ring_led: None,
+            on_air_led: None,
+            buzzer: None,
         }
     }
 }
@@ -223,6 +319,15 @@ impl Settings {
         if v.keyframe_interval == 0 {
             bail!("keyframe_interval must be at least 1");
         }
+        if !(1..=64).contains(&self.call.max_viewers) {
+            bail!("call.max_viewers must be between 1 and 64");
+        }
+        if self.gpio.backend != GpioBackend::None
+            && self.gpio.accept.is_none()
+            && self.gpio.decline.is_none()
+        {
+            bail!("gpio.backend is set but neither gpio.accept nor gpio.decline has a pin");
+        }
         if let Some(url) = &self.device.phonebook
             && !(url.starts_with("ws://") || url.starts_with("wss://"))
         {
@@ -305,6 +410,25 @@ mod tests {
         assert_eq!(s.video.height, 720);
         assert_eq!(s.call.answer, AnswerPolicy::Auto);
         assert_eq!(s.name(), "porch");
+    }
+
+    #[test]
+    fn gpio_pins_parse_with_defaults() {
+        let s = Settings::load(
+            "dev",
+            None,
+            table(
+                "[gpio]\nbackend = \"cdev\"\naccept = { line = 17, active_low = true }\nring_led = { line = 27 }",
+            ),
+        )
+        .unwrap();
+        let accept = s.gpio.accept.unwrap();
+        assert_eq!(
+            (accept.line, accept.active_low, accept.bias),
+            (17, true, Bias::PullUp)
+        );
+        assert_eq!(s.gpio.long_press_ms, 1500);
+        assert!(s.gpio.decline.is_none());
     }
 
     #[test]

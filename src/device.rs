@@ -13,16 +13,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::call::{Action, Call, CallState, Input};
+use crate::call::{Action, AnswerRules, Call, CallState, Input};
 use crate::config::{AnswerPolicy, Settings};
-use crate::gpio::{Command, CommandKind, Press};
+use crate::gpio::{Command, CommandKind, Indicators, Levels, Press, indicator_levels};
 use crate::media::fanout::VideoFeed;
 use crate::rtc::{CallPeer, PeerEvent, RtcEngine};
 use crate::signalling::client::{self, ClientEvent, Registration};
-use crate::signalling::protocol::{ClientMessage, IceCandidate, ServerMessage};
-
-/// Calls at once (ringing or in progress); more are declined as busy.
-pub const MAX_CALLS: usize = 16;
+use crate::signalling::protocol::{ClientMessage, IceCandidate, Presence, ServerMessage};
 
 /// Candidates kept for a call that has not been accepted yet.
 const MAX_EARLY_CANDIDATES: usize = 64;
@@ -40,6 +37,7 @@ struct LiveCall {
     offer: String,
     peer: Option<CallPeer>,
     early_candidates: Vec<IceCandidate>,
+    data_open: bool,
 }
 
 /// The device's call handling.
@@ -54,6 +52,12 @@ pub struct Device {
     next_seq: u64,
     registered: bool,
     interactive: bool,
+    rules: AnswerRules,
+    dnd: bool,
+    indicators: Box<dyn Indicators>,
+    levels: Levels,
+    ringing_since: Option<Instant>,
+    viewers_announced: usize,
 }
 
 /// The metadata the device registers with.
@@ -71,15 +75,22 @@ pub fn registration_meta(settings: &Settings) -> Value {
 }
 
 /// Runs the device until `shutdown`: registers on the phonebook at `phonebook_url`,
-/// answers calls, and hangs every call up with a reason on the way out.
+/// answers calls, drives the `indicators`, and hangs every call up with a reason on the
+/// way out (the indicators go dark).
 pub async fn run(
     settings: Settings,
     phonebook_url: String,
     feed: VideoFeed,
     mut commands: mpsc::Receiver<Command>,
+    indicators: Box<dyn Indicators>,
     interactive: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if settings.call.answer == AnswerPolicy::Auto {
+        warn!(
+            "answer = auto accepts every call: anyone who reaches the phonebook can watch this camera"
+        );
+    }
     let engine = RtcEngine::new(&settings.ice)?;
     let name = settings.name();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -94,6 +105,12 @@ pub async fn run(
         event_tx,
         out_rx,
     ));
+    let rules = AnswerRules {
+        auto: settings.call.answer == AnswerPolicy::Auto,
+        allow: settings.call.allow.clone(),
+        max_viewers: settings.call.max_viewers,
+        dnd_reason: settings.call.dnd_reason.clone(),
+    };
     let mut device = Device {
         settings,
         name,
@@ -105,7 +122,14 @@ pub async fn run(
         next_seq: 0,
         registered: false,
         interactive,
+        rules,
+        dnd: false,
+        indicators,
+        levels: Levels::default(),
+        ringing_since: None,
+        viewers_announced: 0,
     };
+    device.show_indicators();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -119,12 +143,19 @@ pub async fn run(
     }
 
     info!("shutting down: ending every call");
+    device.broadcast(&json!({"event": "shutting_down"})).await;
+    for call in device.calls.values() {
+        if let Some(peer) = &call.peer {
+            peer.flush(Duration::from_millis(500)).await;
+        }
+    }
     let ids: Vec<String> = device.calls.keys().cloned().collect();
     for id in ids {
         device
             .apply(&id, Input::LocalHangup(SHUTTING_DOWN.into()))
             .await;
     }
+    device.indicators.show(Levels::default()).ok();
     // Dropping the last sender lets the client flush the hang-ups and close.
     drop(device);
     if tokio::time::timeout(Duration::from_secs(3), client)
@@ -141,6 +172,13 @@ impl Device {
         match event {
             ClientEvent::Registered => {
                 self.registered = true;
+                if self.dnd {
+                    // A restarted phonebook forgot it.
+                    self.send(ClientMessage::SetPresence {
+                        name: self.name.clone(),
+                        presence: Presence::Dnd,
+                    });
+                }
                 self.say(&format!("registered as {:?}; waiting for calls", self.name));
             }
             ClientEvent::Disconnected(why) => {
@@ -177,15 +215,12 @@ impl Device {
                     return;
                 }
                 let caller = caller_name(&meta);
-                if self.calls.len() >= MAX_CALLS {
-                    info!(%call_id, %caller, "too many calls; declining as busy");
-                    self.send(ClientMessage::Decline {
-                        call_id,
-                        reason: "busy".into(),
-                    });
-                    return;
-                }
-                debug!(%call_id, %callee, "incoming call");
+                let admission = self.rules.admit(
+                    meta.get("callerName").and_then(Value::as_str),
+                    self.calls.len(),
+                    self.dnd,
+                );
+                debug!(%call_id, %callee, ?admission, "incoming call");
                 self.next_seq += 1;
                 self.calls.insert(
                     call_id.clone(),
@@ -196,10 +231,10 @@ impl Device {
                         offer: sdp,
                         peer: None,
                         early_candidates: Vec::new(),
+                        data_open: false,
                     },
                 );
-                let auto_accept = self.settings.call.answer == AnswerPolicy::Auto;
-                self.apply(&call_id, Input::Offered { auto_accept }).await;
+                self.apply(&call_id, Input::Offered(admission)).await;
             }
             ServerMessage::Candidate { call_id, candidate } => {
                 let Some(call) = self.calls.get_mut(&call_id) else {
@@ -252,13 +287,41 @@ impl Device {
             }),
             PeerEvent::Connected => self.apply(call_id, Input::PeerConnected).await,
             PeerEvent::Lost(reason) => self.apply(call_id, Input::PeerLost(reason)).await,
+            PeerEvent::DataOpen => {
+                if let Some(call) = self.calls.get_mut(call_id) {
+                    call.data_open = true;
+                }
+                self.send_event(call_id, &json!({"event": "accepted"}))
+                    .await;
+                let count = self.watching();
+                self.send_event(call_id, &json!({"event": "viewers", "count": count}))
+                    .await;
+            }
+            PeerEvent::Text(text) => {
+                let caller = self
+                    .calls
+                    .get(call_id)
+                    .map(|c| c.caller.clone())
+                    .unwrap_or_default();
+                let shown: String = text.chars().filter(|c| !c.is_control()).take(500).collect();
+                info!(call = call_id, %caller, text = %shown, "message from a viewer");
+                self.say(&format!("{caller} says: {shown}"));
+            }
         }
     }
 
     async fn on_command(&mut self, command: Command) {
         let reply = match command.kind {
             CommandKind::Status => Ok(self.status().to_string()),
-            CommandKind::Press(press) => self.on_press(press).await,
+            CommandKind::Press(press) => {
+                let button = press.button();
+                let reply = self.on_press(press).await;
+                if reply.is_ok() {
+                    self.broadcast(&json!({"event": "button", "button": button}))
+                        .await;
+                }
+                reply
+            }
         };
         if let Some(tx) = command.reply {
             let _ = tx.send(reply);
@@ -295,6 +358,36 @@ impl Device {
                     Ok(format!("declined the call from {caller}: {reason}"))
                 }
             }
+            Press::DoNotDisturb => {
+                self.dnd = !self.dnd;
+                let presence = if self.dnd {
+                    Presence::Dnd
+                } else {
+                    Presence::Available
+                };
+                self.send(ClientMessage::SetPresence {
+                    name: self.name.clone(),
+                    presence,
+                });
+                if !self.dnd {
+                    self.say("do not disturb is off");
+                    return Ok("do not disturb is off".into());
+                }
+                let reason = self.rules.dnd_reason.clone();
+                let ringing: Vec<String> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| c.machine.state() == CallState::Ringing)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ringing {
+                    self.apply(&id, Input::Decline(reason.clone())).await;
+                }
+                self.say("do not disturb is on: calls are declined until the next long press");
+                Ok(format!(
+                    "do not disturb is on: calls are declined with {reason:?}"
+                ))
+            }
             Press::Hangup(reason) => {
                 let reason = reason.unwrap_or_else(|| "hung up at the device".into());
                 let ids: Vec<String> = self.calls.keys().cloned().collect();
@@ -310,6 +403,7 @@ impl Device {
     }
 
     async fn on_tick(&mut self) {
+        self.show_indicators();
         let now = Instant::now();
         let due: Vec<String> = self
             .calls
@@ -355,6 +449,62 @@ impl Device {
         {
             peer.close().await;
         }
+        self.show_indicators();
+        let watching = self.watching();
+        if watching != self.viewers_announced {
+            self.viewers_announced = watching;
+            self.broadcast(&json!({"event": "viewers", "count": watching}))
+                .await;
+        }
+    }
+
+    /// Calls in which media flows.
+    fn watching(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| c.machine.state() == CallState::Established)
+            .count()
+    }
+
+    /// Sets the ring LED, on-air LED and buzzer from the calls as they are now.
+    fn show_indicators(&mut self) {
+        let ringing = self
+            .calls
+            .values()
+            .any(|c| c.machine.state() == CallState::Ringing);
+        let now = Instant::now();
+        self.ringing_since = match (ringing, self.ringing_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+        let levels = indicator_levels(
+            self.ringing_since.map(|since| now.duration_since(since)),
+            self.watching() > 0,
+        );
+        if levels != self.levels {
+            self.levels = levels;
+            if let Err(err) = self.indicators.show(levels) {
+                warn!("cannot switch the indicators: {err:#}");
+            }
+        }
+    }
+
+    /// Sends a device event to one viewer's data channel.
+    async fn send_event(&self, call_id: &str, event: &Value) {
+        if let Some(peer) = self.calls.get(call_id).and_then(|c| c.peer.as_ref()) {
+            peer.send_text(&event.to_string()).await;
+        }
+    }
+
+    /// Sends a device event to every viewer whose data channel is open.
+    async fn broadcast(&self, event: &Value) {
+        let text = event.to_string();
+        for call in self.calls.values().filter(|c| c.data_open) {
+            if let Some(peer) = &call.peer {
+                peer.send_text(&text).await;
+            }
+        }
     }
 
     async fn perform(&mut self, call_id: &str, action: Action) -> Option<Input> {
@@ -395,9 +545,13 @@ impl Device {
                     .unwrap_or_default();
                 info!(call = call_id, %caller, %state, reason = reason.as_deref().unwrap_or(""), "call");
                 match state {
-                    CallState::Ringing => self.say(&format!(
-                        "call from {caller} is ringing: press a to accept, d to decline (or `peercam press accept`)"
-                    )),
+                    CallState::Ringing => {
+                        self.say(&format!(
+                            "call from {caller} is ringing: press a to accept, d to decline (or `peercam press accept`)"
+                        ));
+                        self.broadcast(&json!({"event": "ringing", "caller": caller}))
+                            .await;
+                    }
                     CallState::Established => self.say(&format!("{caller} is watching")),
                     s if s.is_over() => self.say(&format!(
                         "call from {caller}: {s} ({})",
@@ -467,6 +621,8 @@ impl Device {
             "name": self.name,
             "registered": self.registered,
             "camera_running": self.feed.is_running(),
+            "dnd": self.dnd,
+            "indicators": self.levels,
             "viewers": self.feed.viewers(),
             "feed": self.feed.stats(),
             "calls": self.calls.iter().map(|(id, c)| json!({

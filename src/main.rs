@@ -59,6 +59,8 @@ enum Button {
     Accept,
     Decline,
     Hangup,
+    /// Do not disturb on/off (the decline button's long press).
+    Dnd,
 }
 
 #[derive(clap::Args)]
@@ -175,9 +177,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Button::Accept => "accept",
                 Button::Decline => "decline",
                 Button::Hangup => "hangup",
+                Button::Dnd => "dnd",
             };
             let line = match reason {
-                Some(reason) if !matches!(button, Button::Accept) => format!("{word} {reason}"),
+                Some(reason) if matches!(button, Button::Decline | Button::Hangup) => {
+                    format!("{word} {reason}")
+                }
                 _ => word.to_owned(),
             };
             control_command(control, &line).await

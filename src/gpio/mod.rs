@@ -1,13 +1,25 @@
-//! The buttons a person at the device presses, and how their presses reach the daemon.
+//! The buttons a person at the device presses, the lights and buzzer that answer, and
+//! how presses reach the daemon.
 //!
-//! Every backend turns presses into [`Command`]s on one channel, so the daemon does not
-//! know whether a press came from a GPIO pin, a terminal key or the control socket.
-//! This machine has no pins: the [`simulated`] backend (terminal keys and a Unix control
-//! socket used by `peercam press`) is the one here.
+//! Every source turns presses into [`Command`]s on one channel, so the daemon does not
+//! know whether a press came from a GPIO pin, a terminal key or the control socket. Pin
+//! backends ([`rpi`] through rppal, [`cdev`] through the GPIO character device) report
+//! raw [`Edge`]s with the kernel's timestamps; [`PressDecoder`] turns them into short and
+//! long presses, so debounce and long-press rules are tested without pins. Outputs go
+//! through the [`Indicators`] trait; [`indicator_levels`] says what they should show.
 
+#[cfg(feature = "cdev")]
+pub mod cdev;
+#[cfg(feature = "rpi")]
+pub mod rpi;
 pub mod simulated;
 
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use anyhow::bail;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{GpioBackend, GpioSettings};
 
 /// A button press.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +30,217 @@ pub enum Press {
     Decline(Option<String>),
     /// End every call, with this reason or a default.
     Hangup(Option<String>),
+    /// Turn do-not-disturb on or off (a long press of decline).
+    DoNotDisturb,
+}
+
+impl Press {
+    /// The button's name, as sent to viewers.
+    pub fn button(&self) -> &'static str {
+        match self {
+            Press::Accept => "accept",
+            Press::Decline(_) => "decline",
+            Press::Hangup(_) => "hangup",
+            Press::DoNotDisturb => "dnd",
+        }
+    }
+}
+
+/// A physical button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ButtonId {
+    /// Accepts the ringing call.
+    Accept,
+    /// Declines it; a long press turns do-not-disturb on or off.
+    Decline,
+    /// Ends every call.
+    Hangup,
+}
+
+/// A button's pin changed level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Which button.
+    pub button: ButtonId,
+    /// True when the button went down (after applying active-low).
+    pub pressed: bool,
+    /// When, on the kernel's monotonic clock.
+    pub at: Duration,
+}
+
+/// How long a button was held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PressKind {
+    /// Released before the long-press time.
+    Short,
+    /// Held at least the long-press time.
+    Long,
+}
+
+/// Turns one button's edges into presses: edges closer than the debounce time to the
+/// previous accepted edge are bounce; a press is reported on release, long or short.
+#[derive(Debug, Clone)]
+pub struct PressDecoder {
+    debounce: Duration,
+    long: Duration,
+    down_at: Option<Duration>,
+    last_edge: Option<Duration>,
+}
+
+impl PressDecoder {
+    /// A decoder with these thresholds.
+    pub fn new(debounce: Duration, long: Duration) -> Self {
+        PressDecoder {
+            debounce,
+            long,
+            down_at: None,
+            last_edge: None,
+        }
+    }
+
+    /// Feeds one edge; returns the press it completes, if any.
+    pub fn edge(&mut self, pressed: bool, at: Duration) -> Option<PressKind> {
+        if self
+            .last_edge
+            .is_some_and(|last| at.saturating_sub(last) < self.debounce)
+        {
+            return None;
+        }
+        self.last_edge = Some(at);
+        match (pressed, self.down_at) {
+            (true, None) => {
+                self.down_at = Some(at);
+                None
+            }
+            (false, Some(down)) => {
+                self.down_at = None;
+                Some(if at.saturating_sub(down) >= self.long {
+                    PressKind::Long
+                } else {
+                    PressKind::Short
+                })
+            }
+            // A repeated level (a missed edge): wait for the opposite one.
+            _ => None,
+        }
+    }
+}
+
+/// What a completed press means.
+pub fn press_for(button: ButtonId, kind: PressKind) -> Press {
+    match (button, kind) {
+        (ButtonId::Accept, _) => Press::Accept,
+        (ButtonId::Decline, PressKind::Short) => Press::Decline(None),
+        (ButtonId::Decline, PressKind::Long) => Press::DoNotDisturb,
+        (ButtonId::Hangup, _) => Press::Hangup(None),
+    }
+}
+
+/// An output a person sees or hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// Blinks while a call rings.
+    RingLed,
+    /// Lit while anyone watches.
+    OnAirLed,
+    /// Beeps while a call rings.
+    Buzzer,
+}
+
+/// The levels of every output at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Levels {
+    /// Ring LED on.
+    pub ring_led: bool,
+    /// On-air LED on.
+    pub on_air_led: bool,
+    /// Buzzer sounding.
+    pub buzzer: bool,
+}
+
+/// Ring LED blink half-period.
+pub const BLINK: Duration = Duration::from_millis(250);
+
+/// What the outputs show: the ring LED blinks at 2 Hz and the buzzer beeps 0.4 s every
+/// 2 s while a call has rung for `ringing_for`; the on-air LED is lit while anyone watches.
+pub fn indicator_levels(ringing_for: Option<Duration>, watching: bool) -> Levels {
+    let ring_phase = |period_ms: u128, on_ms: u128| {
+        ringing_for.is_some_and(|d| d.as_millis() % period_ms < on_ms)
+    };
+    Levels {
+        ring_led: ring_phase(2 * BLINK.as_millis(), BLINK.as_millis()),
+        on_air_led: watching,
+        buzzer: ring_phase(2000, 400),
+    }
+}
+
+/// Outputs a person sees or hears.
+pub trait Indicators: Send {
+    /// Switches one output; outputs the board does not have are ignored.
+    fn set(&mut self, output: Output, on: bool) -> anyhow::Result<()>;
+
+    /// Switches every output to `levels`.
+    fn show(&mut self, levels: Levels) -> anyhow::Result<()> {
+        self.set(Output::RingLed, levels.ring_led)?;
+        self.set(Output::OnAirLed, levels.on_air_led)?;
+        self.set(Output::Buzzer, levels.buzzer)
+    }
+}
+
+/// Opens the board's pins: buttons start sending edges on `edges`; the returned outputs
+/// go dark when dropped. With backend `none` there are no pins and the outputs are logged.
+pub fn open(
+    settings: &GpioSettings,
+    edges: mpsc::UnboundedSender<Edge>,
+) -> anyhow::Result<Box<dyn Indicators>> {
+    match settings.backend {
+        GpioBackend::None => {
+            drop(edges);
+            Ok(Box::new(simulated::LoggedIndicators::default()))
+        }
+        #[cfg(feature = "rpi")]
+        GpioBackend::Rppal => Ok(Box::new(rpi::RpiGpio::open(settings, edges)?)),
+        #[cfg(feature = "cdev")]
+        GpioBackend::Cdev => Ok(Box::new(cdev::CdevGpio::open(settings, edges)?)),
+        #[allow(unreachable_patterns)]
+        other => bail!(
+            "this build has no {other:?} GPIO backend: rebuild with the feature {} (cargo build --features {})",
+            if other == GpioBackend::Rppal {
+                "rpi"
+            } else {
+                "cdev"
+            },
+            if other == GpioBackend::Rppal {
+                "rpi"
+            } else {
+                "cdev"
+            },
+        ),
+    }
+}
+
+/// The buttons a board has, with their pins.
+pub fn buttons(settings: &GpioSettings) -> Vec<(ButtonId, crate::config::PinSettings)> {
+    [
+        (ButtonId::Accept, settings.accept),
+        (ButtonId::Decline, settings.decline),
+        (ButtonId::Hangup, settings.hangup),
+    ]
+    .into_iter()
+    .filter_map(|(id, pin)| pin.map(|p| (id, p)))
+    .collect()
+}
+
+/// The outputs a board has, with their pins.
+pub fn outputs(settings: &GpioSettings) -> Vec<(Output, crate::config::PinSettings)> {
+    [
+        (Output::RingLed, settings.ring_led),
+        (Output::OnAirLed, settings.on_air_led),
+        (Output::Buzzer, settings.buzzer),
+    ]
+    .into_iter()
+    .filter_map(|(id, pin)| pin.map(|p| (id, p)))
+    .collect()
 }
 
 /// A request to the daemon, with where its one-line reply goes.
@@ -40,7 +263,7 @@ pub enum CommandKind {
 
 impl CommandKind {
     /// Parses one line of the control protocol: `accept`, `decline [reason]`,
-    /// `hangup [reason]` or `status`.
+    /// `hangup [reason]`, `dnd` or `status`.
     pub fn parse(line: &str) -> Result<Self, String> {
         let line = line.trim();
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
@@ -50,9 +273,10 @@ impl CommandKind {
             "accept" if reason.is_none() => Ok(CommandKind::Press(Press::Accept)),
             "decline" => Ok(CommandKind::Press(Press::Decline(reason))),
             "hangup" => Ok(CommandKind::Press(Press::Hangup(reason))),
+            "dnd" if reason.is_none() => Ok(CommandKind::Press(Press::DoNotDisturb)),
             "status" if reason.is_none() => Ok(CommandKind::Status),
             _ => Err(format!(
-                "unknown command {line:?}: use accept, decline [reason], hangup [reason] or status"
+                "unknown command {line:?}: use accept, decline [reason], hangup [reason], dnd or status"
             )),
         }
     }
@@ -61,6 +285,71 @@ impl CommandKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn decoder() -> PressDecoder {
+        PressDecoder::new(ms(30), ms(1500))
+    }
+
+    #[test]
+    fn a_bouncy_short_press_is_one_short_press() {
+        let mut d = decoder();
+        let edges = [
+            (true, 1000),
+            (false, 1003),
+            (true, 1006),
+            (false, 1200),
+            (true, 1205),
+            (false, 1210),
+        ];
+        let presses: Vec<_> = edges
+            .iter()
+            .filter_map(|&(p, t)| d.edge(p, ms(t)))
+            .collect();
+        assert_eq!(presses, vec![PressKind::Short]);
+    }
+
+    #[test]
+    fn holding_past_the_long_press_time_is_a_long_press() {
+        let mut d = decoder();
+        assert_eq!(d.edge(true, ms(0)), None);
+        assert_eq!(d.edge(false, ms(1499)), Some(PressKind::Short));
+        assert_eq!(d.edge(true, ms(3000)), None);
+        assert_eq!(d.edge(false, ms(4500)), Some(PressKind::Long));
+        assert_eq!(
+            press_for(ButtonId::Decline, PressKind::Long),
+            Press::DoNotDisturb
+        );
+        assert_eq!(
+            press_for(ButtonId::Decline, PressKind::Short),
+            Press::Decline(None)
+        );
+        assert_eq!(press_for(ButtonId::Accept, PressKind::Long), Press::Accept);
+    }
+
+    #[test]
+    fn a_release_without_a_press_is_ignored() {
+        let mut d = decoder();
+        assert_eq!(d.edge(false, ms(100)), None);
+        assert_eq!(d.edge(true, ms(200)), None);
+        assert_eq!(d.edge(true, ms(300)), None);
+        assert_eq!(d.edge(false, ms(400)), Some(PressKind::Short));
+    }
+
+    #[test]
+    fn ring_led_blinks_and_buzzer_beeps_only_while_ringing() {
+        let quiet = indicator_levels(None, false);
+        assert_eq!(quiet, Levels::default());
+        assert!(indicator_levels(Some(ms(0)), false).ring_led);
+        assert!(!indicator_levels(Some(ms(260)), false).ring_led);
+        assert!(indicator_levels(Some(ms(510)), false).ring_led);
+        assert!(indicator_levels(Some(ms(100)), false).buzzer);
+        assert!(!indicator_levels(Some(ms(500)), false).buzzer);
+        assert!(indicator_levels(None, true).on_air_led);
+    }
 
     #[test]
     fn control_lines_parse() {
@@ -75,6 +364,10 @@ mod tests {
         assert_eq!(
             CommandKind::parse("decline"),
             Ok(CommandKind::Press(Press::Decline(None)))
+        );
+        assert_eq!(
+            CommandKind::parse("dnd"),
+            Ok(CommandKind::Press(Press::DoNotDisturb))
         );
         assert!(CommandKind::parse("accept twice").is_err());
         assert!(CommandKind::parse("launch").is_err());

@@ -138,7 +138,8 @@ pub async fn send_control(path: &Path, line: &str) -> anyhow::Result<Result<Stri
     })
 }
 
-/// Reads single keys from the terminal (`a` accept, `d` decline, `h` hang up) when
+/// Reads single keys from the terminal (`a` accept, `d` decline, `h` hang up, `n` do
+/// not disturb on/off) when
 /// standard input is one. Returns `None` otherwise (under systemd, in tests).
 pub fn terminal_keys(commands: mpsc::Sender<Command>) -> Option<TerminalGuard> {
     let stdin = std::io::stdin();
@@ -161,6 +162,7 @@ pub fn terminal_keys(commands: mpsc::Sender<Command>) -> Option<TerminalGuard> {
                     b'a' | b'A' => Press::Accept,
                     b'd' | b'D' => Press::Decline(None),
                     b'h' | b'H' => Press::Hangup(None),
+                    b'n' | b'N' => Press::DoNotDisturb,
                     _ => continue,
                 };
                 let (tx, rx) = oneshot::channel();
@@ -194,5 +196,20 @@ impl Drop for TerminalGuard {
             nix::sys::termios::SetArg::TCSANOW,
             &self.saved,
         );
+    }
+}
+
+/// Outputs of a board without pins: changes are logged at debug level.
+#[derive(Debug, Default)]
+pub struct LoggedIndicators {
+    levels: std::collections::HashMap<super::Output, bool>,
+}
+
+impl super::Indicators for LoggedIndicators {
+    fn set(&mut self, output: super::Output, on: bool) -> anyhow::Result<()> {
+        if self.levels.insert(output, on) != Some(on) {
+            debug!(?output, on, "indicator");
+        }
+        Ok(())
     }
 }

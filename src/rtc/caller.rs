@@ -11,6 +11,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -43,6 +45,10 @@ pub enum CallerEvent {
     Lost(String),
     /// The camera's video track arrived.
     Track(Arc<TrackRemote>),
+    /// The data channel opened.
+    DataOpen,
+    /// The camera sent this text on the data channel.
+    Data(String),
 }
 
 impl std::fmt::Debug for CallerEvent {
@@ -56,6 +62,8 @@ impl std::fmt::Debug for CallerEvent {
             CallerEvent::Connected => write!(f, "Connected"),
             CallerEvent::Lost(r) => write!(f, "Lost({r:?})"),
             CallerEvent::Track(t) => write!(f, "Track(pt {})", t.payload_type()),
+            CallerEvent::DataOpen => write!(f, "DataOpen"),
+            CallerEvent::Data(d) => write!(f, "Data({d:?})"),
         }
     }
 }
@@ -64,6 +72,7 @@ impl std::fmt::Debug for CallerEvent {
 pub struct Caller {
     call_id: String,
     pc: Arc<RTCPeerConnection>,
+    channel: Arc<RTCDataChannel>,
     out: mpsc::UnboundedSender<ClientMessage>,
     events: mpsc::UnboundedReceiver<CallerEvent>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -161,6 +170,21 @@ impl Caller {
             Box::pin(async {})
         }));
 
+        // Like the page: one reliable, ordered channel for text and device events.
+        let channel = pc.create_data_channel("peercam", None).await?;
+        let open_events = event_tx.clone();
+        channel.on_open(Box::new(move || {
+            let _ = open_events.send(CallerEvent::DataOpen);
+            Box::pin(async {})
+        }));
+        let data_events = event_tx.clone();
+        channel.on_message(Box::new(move |msg: DataChannelMessage| {
+            let _ = data_events.send(CallerEvent::Data(
+                String::from_utf8_lossy(&msg.data).into_owned(),
+            ));
+            Box::pin(async {})
+        }));
+
         let offer = pc.create_offer(None).await?;
         // The call goes out before gathering starts, so no candidate overtakes it.
         out_tx.send(ClientMessage::Call {
@@ -227,6 +251,7 @@ impl Caller {
         Ok(Caller {
             call_id,
             pc,
+            channel,
             out: out_tx,
             events: event_rx,
             tasks: vec![writer, reader],
@@ -268,6 +293,12 @@ impl Caller {
                 bail!("the call ended instead: {event:?}");
             }
         }
+    }
+
+    /// Sends `text` to the camera over the data channel (once it is open).
+    pub async fn send_text(&self, text: &str) -> anyhow::Result<()> {
+        self.channel.send_text(text.to_owned()).await?;
+        Ok(())
     }
 
     /// Hangs up with `reason` and closes the connection.

@@ -1,7 +1,7 @@
 //! One call's peer connection: the answer, trickled candidates, the video writer and the
 //! RTCP reader.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow, bail};
 use tokio::sync::{mpsc, watch};
@@ -11,6 +11,8 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MIME_TYPE_H264, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::dtls_transport::dtls_role::DTLSRole;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
@@ -59,9 +61,16 @@ pub enum PeerEvent {
     Candidate(Option<IceCandidate>),
     /// ICE and DTLS are up: media flows.
     Connected,
+    /// The caller's data channel is open: events can be sent.
+    DataOpen,
+    /// The caller sent this text over the data channel.
+    Text(String),
     /// The connection failed or was closed.
     Lost(String),
 }
+
+/// Longest text accepted from a caller's data channel, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
 /// The WebRTC stack, set up once and shared by every call.
 pub struct RtcEngine {
@@ -177,6 +186,7 @@ pub fn check_offer(sdp: &str) -> anyhow::Result<()> {
 /// One call's peer connection, answering the caller's offer with the camera's video.
 pub struct CallPeer {
     pc: Arc<RTCPeerConnection>,
+    channel: Arc<Mutex<Option<Arc<RTCDataChannel>>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -202,6 +212,7 @@ impl CallPeer {
         );
         let peer = CallPeer {
             pc: pc.clone(),
+            channel: Arc::default(),
             tasks: Vec::new(),
         };
         match peer.negotiate(offer, feed, subscription, events).await {
@@ -248,6 +259,34 @@ impl CallPeer {
                 if let Some(event) = event {
                     let _ = state_events.send(event);
                 }
+                Box::pin(async {})
+            }));
+        let channel_events = events.clone();
+        let channel_slot = self.channel.clone();
+        self.pc
+            .on_data_channel(Box::new(move |channel: Arc<RTCDataChannel>| {
+                debug!(label = channel.label(), "caller opened a data channel");
+                let open_events = channel_events.clone();
+                let opened = channel.clone();
+                let slot = channel_slot.clone();
+                channel.on_open(Box::new(move || {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
+                    let _ = open_events.send(PeerEvent::DataOpen);
+                    Box::pin(async {})
+                }));
+                let text_events = channel_events.clone();
+                channel.on_message(Box::new(move |msg: DataChannelMessage| {
+                    if msg.data.len() > MAX_TEXT_BYTES {
+                        warn!(
+                            bytes = msg.data.len(),
+                            "data channel message too long; ignored"
+                        );
+                    } else {
+                        let text = String::from_utf8_lossy(&msg.data).into_owned();
+                        let _ = text_events.send(PeerEvent::Text(text));
+                    }
+                    Box::pin(async {})
+                }));
                 Box::pin(async {})
             }));
         let candidate_events = events;
@@ -313,6 +352,35 @@ impl CallPeer {
             })
             .await
             .map_err(|err| anyhow!("bad ICE candidate: {err}"))
+    }
+
+    /// Sends `text` over the caller's data channel, if it is open.
+    pub async fn send_text(&self, text: &str) {
+        let channel = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(channel) = channel
+            && let Err(err) = channel.send_text(text.to_owned()).await
+        {
+            debug!(%err, "cannot send on the data channel");
+        }
+    }
+
+    /// Waits up to `limit` for what was sent on the data channel to leave, so a last
+    /// event is not cut off by closing the connection.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let channel = self
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(channel) = channel else { return };
+        let deadline = tokio::time::Instant::now() + limit;
+        while channel.buffered_amount().await > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Closes the connection and stops its tasks.

@@ -40,6 +40,7 @@ struct Connection {
 struct Registration {
     owner: ConnId,
     meta: Value,
+    dnd: bool,
 }
 
 #[derive(Debug)]
@@ -186,6 +187,9 @@ impl Phonebook {
             )],
             ClientMessage::Register { name, meta } => self.register(conn, name, meta),
             ClientMessage::Unregister { name } => self.unregister(conn, &name),
+            ClientMessage::SetPresence { name, presence } => {
+                self.set_presence(conn, &name, presence)
+            }
             ClientMessage::Listen => {
                 state.listening = true;
                 vec![Output::Send(
@@ -309,8 +313,14 @@ impl Phonebook {
             }
             Some(existing) => existing.meta = meta,
             None => {
-                self.callees
-                    .insert(name.clone(), Registration { owner: conn, meta });
+                self.callees.insert(
+                    name.clone(),
+                    Registration {
+                        owner: conn,
+                        meta,
+                        dnd: false,
+                    },
+                );
             }
         }
         if let Some(state) = self.connections.get_mut(&conn) {
@@ -346,6 +356,39 @@ impl Phonebook {
         )];
         out.extend(self.to_listeners(ServerMessage::CalleeRemoved { name: name.into() }));
         out
+    }
+
+    fn set_presence(&mut self, conn: ConnId, name: &str, presence: Presence) -> Vec<Output> {
+        let dnd = match presence {
+            Presence::Dnd => true,
+            Presence::Available => false,
+            other => {
+                return vec![error(
+                    conn,
+                    ErrorCode::BadMessage,
+                    format!(
+                        "only available and dnd can be set, not {}",
+                        serde_json::to_string(&other).unwrap_or_default()
+                    ),
+                    None,
+                )];
+            }
+        };
+        match self.callees.get_mut(name) {
+            Some(registration) if registration.owner == conn => {
+                if registration.dnd == dnd {
+                    return Vec::new();
+                }
+                registration.dnd = dnd;
+                self.push_callee(name)
+            }
+            _ => vec![error(
+                conn,
+                ErrorCode::NotRegistered,
+                format!("the name {name:?} is not registered by this connection"),
+                None,
+            )],
+        }
     }
 
     fn call(
@@ -461,9 +504,13 @@ impl Phonebook {
     }
 
     fn presence(&self, name: &str) -> Presence {
-        let Some(owner) = self.callees.get(name).map(|r| r.owner) else {
+        let Some(registration) = self.callees.get(name) else {
             return Presence::Available;
         };
+        if registration.dnd {
+            return Presence::Dnd;
+        }
+        let owner = registration.owner;
         let mut ringing = false;
         // Calls still held by a connection that gave the name up are not the new owner's.
         for route in self
@@ -686,6 +733,40 @@ mod tests {
         );
         assert_eq!(book.callees()[0].presence, Presence::Available);
         assert_eq!(book.active_calls(), 0);
+    }
+
+    #[test]
+    fn dnd_is_set_by_the_owner_only_and_shown_to_listeners() {
+        let mut book = setup();
+        book.handle(PAGE, ClientMessage::Listen);
+        let out = book.handle(
+            DEVICE,
+            ClientMessage::SetPresence {
+                name: "cam".into(),
+                presence: Presence::Dnd,
+            },
+        );
+        assert!(matches!(
+            &out[0],
+            Output::Send(PAGE, ServerMessage::CalleeUpdate { callee }) if callee.presence == Presence::Dnd
+        ));
+        let out = book.handle(
+            OTHER,
+            ClientMessage::SetPresence {
+                name: "cam".into(),
+                presence: Presence::Available,
+            },
+        );
+        assert_eq!(codes(&out), vec![ErrorCode::NotRegistered]);
+        let out = book.handle(
+            DEVICE,
+            ClientMessage::SetPresence {
+                name: "cam".into(),
+                presence: Presence::InCall,
+            },
+        );
+        assert_eq!(codes(&out), vec![ErrorCode::BadMessage]);
+        assert_eq!(book.callees()[0].presence, Presence::Dnd);
     }
 
     #[test]

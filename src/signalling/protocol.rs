@@ -47,6 +47,13 @@ pub enum ClientMessage {
         /// A name this connection registered.
         name: String,
     },
+    /// A callee sets itself to do-not-disturb or back to available.
+    SetPresence {
+        /// A name this connection registered.
+        name: String,
+        /// `available` or `dnd`; the other presences are the phonebook's to compute.
+        presence: Presence,
+    },
     /// Send the full callee list now, then every change as it happens.
     Listen,
     /// Stop the pushed callee changes.
@@ -229,6 +236,8 @@ pub enum Presence {
     Ringing,
     /// At least one call has been accepted.
     InCall,
+    /// The callee asked not to be disturbed; calls are declined with its reason.
+    Dnd,
 }
 
 /// One entry of the phonebook.
@@ -294,6 +303,7 @@ impl ClientMessage {
             ClientMessage::Hello { .. } => "hello",
             ClientMessage::Register { .. } => "register",
             ClientMessage::Unregister { .. } => "unregister",
+            ClientMessage::SetPresence { .. } => "set_presence",
             ClientMessage::Listen => "listen",
             ClientMessage::Unlisten => "unlisten",
             ClientMessage::Call { .. } => "call",
