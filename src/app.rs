@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use gstreamer::prelude::*;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -15,7 +18,9 @@ use tracing::info;
 use crate::config::Settings;
 use crate::device;
 use crate::gpio::{self, simulated};
-use crate::media::{self, fanout::VideoFeed, pipeline};
+use crate::media::fanout::{BitrateSettings, Feed, Retune};
+use crate::media::{self, audio, encode, pipeline};
+use crate::rtc::Feeds;
 use crate::signalling::server::PhonebookServer;
 
 /// Options of `peercam run` that are not settings.
@@ -90,11 +95,25 @@ pub async fn run(
     )));
     drop(command_tx);
 
-    let feed = VideoFeed::new(description, settings.idle_stop());
+    let feeds = Feeds {
+        video: Feed::new(
+            "camera",
+            description,
+            settings.idle_stop(),
+            Some(BitrateSettings {
+                configured_kbps: settings.video.bitrate_kbps,
+                min_kbps: settings.video.min_bitrate_kbps,
+                max_kbps: settings.video.max_bitrate_kbps,
+                retune: retuner(&settings.video.encoder),
+            }),
+        ),
+        audio: audio::describe_microphone(&settings.audio)
+            .map(|d| Feed::new("microphone", d, settings.idle_stop(), None)),
+    };
     let result = device::run(
         settings,
         phonebook_url,
-        feed,
+        feeds,
         command_rx,
         indicators,
         interactive,
@@ -107,6 +126,29 @@ pub async fn run(
         let _ = task.await;
     }
     result
+}
+
+/// Sets a running encoder's bitrate the way its quirks say.
+fn retuner(encoder: &str) -> Retune {
+    let quirks = encode::quirks(encoder);
+    Arc::new(move |running, kbps| {
+        let Some(quirks) = quirks else { return };
+        let Some(element) = running.element(quirks.element) else {
+            return;
+        };
+        match quirks.bitrate {
+            encode::BitrateControl::KbitProperty(name) => element.set_property(name, kbps),
+            encode::BitrateControl::BitProperty(name) => {
+                element.set_property(name, kbps.saturating_mul(1000))
+            }
+            encode::BitrateControl::V4l2ExtraControl => {
+                let controls = gstreamer::Structure::builder("controls")
+                    .field("video_bitrate", kbps.saturating_mul(1000) as i32)
+                    .build();
+                element.set_property("extra-controls", controls);
+            }
+        }
+    })
 }
 
 /// Turns the buttons' edges into presses for the device.

@@ -42,6 +42,9 @@ pub struct Settings {
     /// Buttons and lights.
     #[serde(default)]
     pub gpio: GpioSettings,
+    /// Microphone and speaker.
+    #[serde(default)]
+    pub audio: crate::media::audio::AudioSettings,
 }
 
 /// Identity and addresses.
@@ -100,8 +103,22 @@ pub struct VideoSettings {
     pub encoder: String,
     /// Target bitrate.
     pub bitrate_kbps: u32,
+    /// Lowest bitrate adaptation may go to.
+    #[serde(default = "default_min_bitrate")]
+    pub min_bitrate_kbps: u32,
+    /// Highest bitrate adaptation may go to.
+    #[serde(default = "default_max_bitrate")]
+    pub max_bitrate_kbps: u32,
     /// Frames between regular keyframes.
     pub keyframe_interval: u32,
+}
+
+fn default_min_bitrate() -> u32 {
+    300
+}
+
+fn default_max_bitrate() -> u32 {
+    4000
 }
 
 /// How an incoming call is answered.

@@ -16,8 +16,7 @@ use tracing::{debug, info, warn};
 use crate::call::{Action, AnswerRules, Call, CallState, Input};
 use crate::config::{AnswerPolicy, Settings};
 use crate::gpio::{Command, CommandKind, Indicators, Levels, Press, indicator_levels};
-use crate::media::fanout::VideoFeed;
-use crate::rtc::{CallPeer, PeerEvent, RtcEngine};
+use crate::rtc::{CallPeer, Feeds, MediaCaps, PeerEvent, RtcEngine};
 use crate::signalling::client::{self, ClientEvent, Registration};
 use crate::signalling::protocol::{ClientMessage, IceCandidate, Presence, ServerMessage};
 
@@ -44,7 +43,7 @@ struct LiveCall {
 pub struct Device {
     settings: Settings,
     name: String,
-    feed: VideoFeed,
+    feeds: Feeds,
     engine: RtcEngine,
     out: mpsc::UnboundedSender<ClientMessage>,
     peer_events: mpsc::UnboundedSender<(String, PeerEvent)>,
@@ -80,7 +79,7 @@ pub fn registration_meta(settings: &Settings) -> Value {
 pub async fn run(
     settings: Settings,
     phonebook_url: String,
-    feed: VideoFeed,
+    feeds: Feeds,
     mut commands: mpsc::Receiver<Command>,
     indicators: Box<dyn Indicators>,
     interactive: bool,
@@ -91,7 +90,12 @@ pub async fn run(
             "answer = auto accepts every call: anyone who reaches the phonebook can watch this camera"
         );
     }
-    let engine = RtcEngine::new(&settings.ice)?;
+    let engine = RtcEngine::new(
+        &settings.ice,
+        MediaCaps {
+            vp8: feeds.video.offers(crate::media::Codec::Vp8),
+        },
+    )?;
     let name = settings.name();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
@@ -114,7 +118,7 @@ pub async fn run(
     let mut device = Device {
         settings,
         name,
-        feed,
+        feeds,
         engine,
         out: out_tx,
         peer_events: peer_tx,
@@ -579,12 +583,13 @@ impl Device {
                 }
             }
         });
-        let (peer, sdp) = CallPeer::answer(&self.engine, &offer, &self.feed, tx)
-            .await
-            .map_err(|err| {
-                warn!(call = call_id, "cannot answer: {err:#}");
-                format!("{err:#}")
-            })?;
+        let (peer, sdp) =
+            CallPeer::answer(&self.engine, &offer, &self.feeds, &self.settings.audio, tx)
+                .await
+                .map_err(|err| {
+                    warn!(call = call_id, "cannot answer: {err:#}");
+                    format!("{err:#}")
+                })?;
         self.send(ClientMessage::Accept {
             call_id: call_id.into(),
             sdp,
@@ -620,15 +625,18 @@ impl Device {
         json!({
             "name": self.name,
             "registered": self.registered,
-            "camera_running": self.feed.is_running(),
+            "camera_running": self.feeds.video.is_running(),
             "dnd": self.dnd,
             "indicators": self.levels,
-            "viewers": self.feed.viewers(),
-            "feed": self.feed.stats(),
+            "viewers": self.watching(),
+            "feed": self.feeds.video.stats(),
+            "microphone": self.feeds.audio.as_ref().map(|f| f.stats()),
             "calls": self.calls.iter().map(|(id, c)| json!({
                 "id": id,
                 "caller": c.caller,
                 "state": c.machine.state(),
+                "video": c.peer.as_ref().map(|p| p.video_codec()),
+                "played_audio_buffers": c.peer.as_ref().map_or(0, |p| p.played_audio_buffers()),
             })).collect::<Vec<_>>(),
         })
     }

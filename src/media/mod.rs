@@ -5,9 +5,11 @@
 //! [`fanout`] runs that pipeline only while someone watches, shares each frame with every
 //! viewer, skips a lagging viewer to the next keyframe and coalesces keyframe requests.
 
+pub mod audio;
 pub mod encode;
 pub mod fanout;
 pub mod pipeline;
+pub mod running;
 
 use std::time::Duration;
 
@@ -24,6 +26,40 @@ pub struct Frame {
     pub keyframe: bool,
     /// Which run of the pipeline made it: timestamps restart when the pipeline does.
     pub epoch: u64,
+}
+
+/// An encoded stream a pipeline can offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// H.264 video, Annex B access units.
+    H264,
+    /// VP8 video frames, for callers that offer no H.264.
+    Vp8,
+    /// Opus audio packets.
+    Opus,
+}
+
+impl Codec {
+    /// Every codec, in the order pipelines are searched for their sinks.
+    pub const ALL: [Codec; 3] = [Codec::H264, Codec::Vp8, Codec::Opus];
+
+    /// The name of the appsink that delivers this codec.
+    pub fn sink_name(self) -> &'static str {
+        match self {
+            Codec::H264 => "frames",
+            Codec::Vp8 => "vp8frames",
+            Codec::Opus => "opusframes",
+        }
+    }
+
+    /// The RTP clock rate.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Codec::H264 | Codec::Vp8 => 90_000,
+            Codec::Opus => 48_000,
+        }
+    }
 }
 
 /// Initialises GStreamer once; safe to call many times.

@@ -23,7 +23,9 @@ use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_remote::TrackRemote;
 
-use super::peer::RtcEngine;
+use super::peer::{RtcEngine, add_track, send_frames};
+use crate::media::Codec;
+use crate::media::fanout::Feed;
 use crate::signalling::protocol::{ClientMessage, IceCandidate, PROTOCOL_VERSION, ServerMessage};
 
 /// What happens to an outgoing call.
@@ -68,6 +70,15 @@ impl std::fmt::Debug for CallerEvent {
     }
 }
 
+/// What an outgoing call offers besides receiving video.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    /// Send this feed's Opus stream as the caller's voice.
+    pub send_audio: Option<Feed>,
+    /// Offer to receive the camera's sound.
+    pub receive_audio: bool,
+}
+
 /// An outgoing call with its own phonebook connection and peer connection.
 pub struct Caller {
     call_id: String,
@@ -86,6 +97,17 @@ impl Caller {
         url: &str,
         callee: &str,
         meta: Value,
+    ) -> anyhow::Result<Caller> {
+        Caller::call_with(engine, url, callee, meta, CallOptions::default()).await
+    }
+
+    /// Like [`Caller::call`], with audio as `options` say.
+    pub async fn call_with(
+        engine: &RtcEngine,
+        url: &str,
+        callee: &str,
+        meta: Value,
+        options: CallOptions,
     ) -> anyhow::Result<Caller> {
         let (mut socket, _) = tokio::time::timeout(
             Duration::from_secs(10),
@@ -129,6 +151,23 @@ impl Caller {
             }),
         )
         .await?;
+        let mut tasks = Vec::new();
+        let (connected_tx, connected_rx) = tokio::sync::watch::channel(false);
+        if let Some(feed) = &options.send_audio {
+            let voice = feed.subscribe(Codec::Opus)?;
+            let (track, rtcp) = add_track(&pc, &voice).await?;
+            tasks.push(rtcp);
+            tasks.push(tokio::spawn(send_frames(track, voice, connected_rx)));
+        } else if options.receive_audio {
+            pc.add_transceiver_from_kind(
+                RTPCodecType::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .await?;
+        }
 
         let call_id = format!("c-{:016x}", rand::random::<u64>());
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientMessage>();
@@ -152,7 +191,10 @@ impl Caller {
         let state_events = event_tx.clone();
         pc.on_peer_connection_state_change(Box::new(move |state| {
             let event = match state {
-                RTCPeerConnectionState::Connected => Some(CallerEvent::Connected),
+                RTCPeerConnectionState::Connected => {
+                    let _ = connected_tx.send(true);
+                    Some(CallerEvent::Connected)
+                }
                 RTCPeerConnectionState::Failed => Some(CallerEvent::Lost("connection lost".into())),
                 RTCPeerConnectionState::Closed => {
                     Some(CallerEvent::Lost("connection closed".into()))
@@ -248,13 +290,15 @@ impl Caller {
                 }
             }
         });
+        tasks.insert(0, writer);
+        tasks.push(reader);
         Ok(Caller {
             call_id,
             pc,
             channel,
             out: out_tx,
             events: event_rx,
-            tasks: vec![writer, reader],
+            tasks,
         })
     }
 
@@ -299,6 +343,19 @@ impl Caller {
     pub async fn send_text(&self, text: &str) -> anyhow::Result<()> {
         self.channel.send_text(text.to_owned()).await?;
         Ok(())
+    }
+
+    /// Waits for the camera's track of `kind` (video or audio).
+    pub async fn track(
+        &mut self,
+        kind: RTPCodecType,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<TrackRemote>> {
+        self.wait_for(timeout, |e| match e {
+            CallerEvent::Track(t) if t.kind() == kind => Some(t.clone()),
+            _ => None,
+        })
+        .await
     }
 
     /// Hangs up with `reason` and closes the connection.

@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use crate::media::Frame;
 
-/// The H.264 RTP clock rate.
-pub const VIDEO_CLOCK_RATE: u64 = 90_000;
-
-/// Maps frames' PTS to a 90 kHz RTP timestamp that only moves forward, across pipeline
-/// restarts (a new epoch starts its PTS again near zero) and viewers that skip frames.
+/// Maps frames' PTS to an RTP timestamp (90 kHz for video, 48 kHz for Opus) that only
+/// moves forward, across pipeline restarts (a new epoch starts its PTS again near zero)
+/// and viewers that skip frames.
 #[derive(Debug, Clone)]
 pub struct RtpClock {
+    rate: u64,
     start: u32,
     anchor: Option<Anchor>,
     last: u32,
@@ -25,13 +24,16 @@ struct Anchor {
 }
 
 impl RtpClock {
-    /// A clock whose first timestamp is `start` (random, as RFC 3550 asks).
-    pub fn new(start: u32) -> Self {
+    /// A clock running at `rate` Hz whose first timestamp is `start` (random, as
+    /// RFC 3550 asks).
+    pub fn new(start: u32, rate: u32) -> Self {
         RtpClock {
+            rate: rate as u64,
             start,
             anchor: None,
             last: start,
-            last_step: (VIDEO_CLOCK_RATE / 30) as u32,
+            // One video frame at 30 fps, or one 20 ms audio packet, until measured.
+            last_step: rate / 50,
         }
     }
 
@@ -59,10 +61,10 @@ impl RtpClock {
                 a
             }
         };
-        let ticks = (frame.pts - anchor.pts).as_nanos() * VIDEO_CLOCK_RATE as u128 / 1_000_000_000;
+        let ticks = (frame.pts - anchor.pts).as_nanos() * self.rate as u128 / 1_000_000_000;
         let ts = anchor.rtp.wrapping_add(ticks as u32);
         let step = ts.wrapping_sub(self.last);
-        if step > 0 && step < VIDEO_CLOCK_RATE as u32 {
+        if step > 0 && (step as u64) < self.rate {
             self.last_step = step;
         }
         self.last = ts;
@@ -86,7 +88,7 @@ mod tests {
 
     #[test]
     fn follows_pts_at_90_khz() {
-        let mut clock = RtpClock::new(1000);
+        let mut clock = RtpClock::new(1000, 90_000);
         assert_eq!(clock.timestamp(&frame(1, 500)), 1000);
         assert_eq!(clock.timestamp(&frame(1, 533)), 1000 + 2970);
         // A skipped stretch keeps real time.
@@ -95,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_restart_continues_forward() {
-        let mut clock = RtpClock::new(u32::MAX - 10);
+        let mut clock = RtpClock::new(u32::MAX - 10, 90_000);
         clock.timestamp(&frame(1, 0));
         let before = clock.timestamp(&frame(1, 100));
         let after = clock.timestamp(&frame(2, 3));

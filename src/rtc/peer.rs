@@ -1,5 +1,5 @@
-//! One call's peer connection: the answer, trickled candidates, the video writer and the
-//! RTCP reader.
+//! One call's peer connection: the answer, trickled candidates, the media writers, the
+//! RTCP reader, the data channel and the caller's voice.
 
 use std::sync::{Arc, Mutex};
 
@@ -7,8 +7,7 @@ use anyhow::{Context, anyhow, bail};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_H264, MediaEngine};
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
 use webrtc::data_channel::RTCDataChannel;
@@ -24,7 +23,10 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use webrtc::rtp::codecs::h264::H264Payloader;
+use webrtc::rtp::codecs::opus::OpusPayloader;
+use webrtc::rtp::codecs::vp8::Vp8Payloader;
 use webrtc::rtp::packetizer::Payloader;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
@@ -32,10 +34,13 @@ use webrtc::rtp_transceiver::rtp_codec::{
 use webrtc::rtp_transceiver::{PayloadType, RTCPFeedback};
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_remote::TrackRemote;
 
 use super::clock::RtpClock;
 use crate::config::IceSettings;
-use crate::media::fanout::{Subscription, VideoFeed};
+use crate::media::Codec;
+use crate::media::audio::{AudioSettings, Playback};
+use crate::media::fanout::{Feed, Subscription};
 use crate::signalling::protocol::IceCandidate;
 
 /// Largest RTP payload; leaves room for headers, SRTP and tunnels under a 1500-byte MTU.
@@ -53,6 +58,12 @@ const H264_FMTPS: &[(PayloadType, &str)] = &[
         "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
     ),
 ];
+const VP8_PAYLOAD_TYPE: PayloadType = 96;
+const OPUS_PAYLOAD_TYPE: PayloadType = 111;
+const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+
+/// Longest text accepted from a caller's data channel, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
 /// Something the peer connection wants the call to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,8 +80,21 @@ pub enum PeerEvent {
     Lost(String),
 }
 
-/// Longest text accepted from a caller's data channel, in bytes.
-pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// What the board can send, which decides the codecs the engine answers with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaCaps {
+    /// A VP8 encoder serves callers that offer no H.264.
+    pub vp8: bool,
+}
+
+/// The feeds a call can take its media from.
+#[derive(Clone)]
+pub struct Feeds {
+    /// The camera.
+    pub video: Feed,
+    /// The microphone, if the board has one.
+    pub audio: Option<Feed>,
+}
 
 /// The WebRTC stack, set up once and shared by every call.
 pub struct RtcEngine {
@@ -79,21 +103,43 @@ pub struct RtcEngine {
 }
 
 impl RtcEngine {
-    /// Builds the engine: our H.264 codecs, the default interceptors (NACK, RTCP
-    /// reports, TWCC), DTLS server role on answers, and the ICE settings.
-    pub fn new(ice: &IceSettings) -> anyhow::Result<Self> {
+    /// Builds the engine: our codecs, NACK and RTCP reports, DTLS server role on
+    /// answers, and the ICE settings.
+    pub fn new(ice: &IceSettings, caps: MediaCaps) -> anyhow::Result<Self> {
         let mut media = MediaEngine::default();
         for (payload_type, fmtp) in H264_FMTPS {
             media.register_codec(
                 RTCRtpCodecParameters {
-                    capability: h264_capability(fmtp),
+                    capability: video_capability(MIME_TYPE_H264, fmtp),
                     payload_type: *payload_type,
                     ..Default::default()
                 },
                 RTPCodecType::Video,
             )?;
         }
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        if caps.vp8 {
+            media.register_codec(
+                RTCRtpCodecParameters {
+                    capability: video_capability(MIME_TYPE_VP8, ""),
+                    payload_type: VP8_PAYLOAD_TYPE,
+                    ..Default::default()
+                },
+                RTPCodecType::Video,
+            )?;
+        }
+        media.register_codec(
+            RTCRtpCodecParameters {
+                capability: opus_capability(),
+                payload_type: OPUS_PAYLOAD_TYPE,
+                ..Default::default()
+            },
+            RTPCodecType::Audio,
+        )?;
+        // No transport-wide congestion control: without it browsers send REMB, the
+        // receiver's own estimate, which is what the encoder's bitrate follows.
+        let mut registry = Registry::new();
+        registry = webrtc::api::interceptor_registry::configure_nack(registry, &mut media);
+        registry = webrtc::api::interceptor_registry::configure_rtcp_reports(registry);
 
         let mut setting = SettingEngine::default();
         // As the DTLS server the device answers the browser's ClientHello at once,
@@ -127,6 +173,65 @@ impl RtcEngine {
         Ok(RtcEngine { api, ice_servers })
     }
 
+    /// An engine for a caller that offers only `codecs` (to act like a browser that
+    /// lacks some), with NACK and RTCP reports.
+    pub fn caller(ice: &IceSettings, codecs: &[Codec]) -> anyhow::Result<Self> {
+        let mut media = MediaEngine::default();
+        for codec in codecs {
+            match codec {
+                Codec::H264 => {
+                    for (payload_type, fmtp) in H264_FMTPS {
+                        media.register_codec(
+                            RTCRtpCodecParameters {
+                                capability: video_capability(MIME_TYPE_H264, fmtp),
+                                payload_type: *payload_type,
+                                ..Default::default()
+                            },
+                            RTPCodecType::Video,
+                        )?;
+                    }
+                }
+                Codec::Vp8 => media.register_codec(
+                    RTCRtpCodecParameters {
+                        capability: video_capability(MIME_TYPE_VP8, ""),
+                        payload_type: VP8_PAYLOAD_TYPE,
+                        ..Default::default()
+                    },
+                    RTPCodecType::Video,
+                )?,
+                Codec::Opus => media.register_codec(
+                    RTCRtpCodecParameters {
+                        capability: opus_capability(),
+                        payload_type: OPUS_PAYLOAD_TYPE,
+                        ..Default::default()
+                    },
+                    RTPCodecType::Audio,
+                )?,
+            }
+        }
+        let mut registry = Registry::new();
+        registry = webrtc::api::interceptor_registry::configure_nack(registry, &mut media);
+        registry = webrtc::api::interceptor_registry::configure_rtcp_reports(registry);
+        let mut setting = SettingEngine::default();
+        setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        setting.set_include_loopback_candidate(ice.loopback);
+        if !ice.interfaces.is_empty() {
+            let allowed = ice.interfaces.clone();
+            setting.set_interface_filter(Box::new(move |name: &str| {
+                allowed.iter().any(|a| a == name)
+            }));
+        }
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(setting)
+            .build();
+        Ok(RtcEngine {
+            api,
+            ice_servers: Vec::new(),
+        })
+    }
+
     pub(super) fn api(&self) -> &API {
         &self.api
     }
@@ -136,19 +241,18 @@ impl RtcEngine {
     }
 }
 
-fn h264_capability(fmtp: &str) -> RTCRtpCodecCapability {
+fn video_capability(mime: &str, fmtp: &str) -> RTCRtpCodecCapability {
     let feedback = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.into(),
         parameter: parameter.into(),
     };
     RTCRtpCodecCapability {
-        mime_type: MIME_TYPE_H264.into(),
+        mime_type: mime.into(),
         clock_rate: 90_000,
         channels: 0,
         sdp_fmtp_line: fmtp.into(),
         rtcp_feedback: vec![
             feedback("goog-remb", ""),
-            feedback("transport-cc", ""),
             feedback("ccm", "fir"),
             feedback("nack", ""),
             feedback("nack", "pli"),
@@ -156,51 +260,121 @@ fn h264_capability(fmtp: &str) -> RTCRtpCodecCapability {
     }
 }
 
-/// Checks that `sdp` is an SDP offer with a video section that offers H.264 in
-/// packetization mode 1, with an error a caller can read.
-pub fn check_offer(sdp: &str) -> anyhow::Result<()> {
-    let parsed = webrtc::sdp::SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp))
-        .map_err(|err| anyhow!("the offer is not valid SDP: {err}"))?;
-    let video: Vec<_> = parsed
-        .media_descriptions
-        .iter()
-        .filter(|m| m.media_name.media == "video")
-        .collect();
-    if video.is_empty() {
-        bail!("the offer has no video section: add a receive-only video transceiver");
+fn opus_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: OPUS_FMTP.into(),
+        rtcp_feedback: Vec::new(),
     }
-    let h264 = video.iter().any(|m| {
-        m.attributes.iter().any(|a| {
-            a.key == "rtpmap"
-                && a.value
-                    .as_deref()
-                    .is_some_and(|v| v.to_ascii_uppercase().contains(" H264/90000"))
-        })
-    });
-    if !h264 {
-        bail!("the offer has no H.264 video, which is all this camera sends");
-    }
-    Ok(())
 }
 
-/// One call's peer connection, answering the caller's offer with the camera's video.
+/// What a caller's offer contains, as far as choosing codecs goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OfferSummary {
+    /// A video section offers H.264 in packetization mode 1.
+    pub h264: bool,
+    /// A video section offers VP8.
+    pub vp8: bool,
+    /// An audio section offers Opus.
+    pub opus: bool,
+}
+
+/// Reads `sdp` as an offer, with errors a caller can read.
+pub fn check_offer(sdp: &str) -> anyhow::Result<OfferSummary> {
+    let parsed = webrtc::sdp::SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp))
+        .map_err(|err| anyhow!("the offer is not valid SDP: {err}"))?;
+    let mut summary = OfferSummary::default();
+    let mut video = false;
+    for m in &parsed.media_descriptions {
+        let rtpmaps: Vec<(String, String)> = m
+            .attributes
+            .iter()
+            .filter(|a| a.key == "rtpmap")
+            .filter_map(|a| a.value.as_deref())
+            .filter_map(|v| v.split_once(' '))
+            .map(|(pt, codec)| (pt.to_owned(), codec.to_ascii_uppercase()))
+            .collect();
+        let fmtp = |pt: &str| {
+            m.attributes
+                .iter()
+                .filter(|a| a.key == "fmtp")
+                .filter_map(|a| a.value.as_deref())
+                .find(|v| v.split_once(' ').is_some_and(|(p, _)| p == pt))
+                .map(|v| v.to_owned())
+                .unwrap_or_default()
+        };
+        match m.media_name.media.as_str() {
+            "video" => {
+                video = true;
+                for (pt, codec) in &rtpmaps {
+                    if codec.starts_with("H264/90000") && fmtp(pt).contains("packetization-mode=1")
+                    {
+                        summary.h264 = true;
+                    }
+                    if codec.starts_with("VP8/90000") {
+                        summary.vp8 = true;
+                    }
+                }
+            }
+            "audio" => {
+                summary.opus |= rtpmaps.iter().any(|(_, c)| c.starts_with("OPUS/48000"));
+            }
+            _ => {}
+        }
+    }
+    if !video {
+        bail!("the offer has no video section: add a receive-only video transceiver");
+    }
+    Ok(summary)
+}
+
+/// One call's peer connection, answering the caller's offer with the camera's video (and
+/// the microphone's sound), and playing the caller's voice.
 pub struct CallPeer {
     pc: Arc<RTCPeerConnection>,
     channel: Arc<Mutex<Option<Arc<RTCDataChannel>>>>,
+    playback: Arc<Mutex<Option<Playback>>>,
+    video_codec: Codec,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl CallPeer {
-    /// Answers `offer` with a connection that sends the feed's video. Local candidates
+    /// Answers `offer` with a connection that sends the feeds' media. Local candidates
     /// and state changes arrive on `events`; the returned string is the SDP answer.
     pub async fn answer(
         engine: &RtcEngine,
         offer: &str,
-        feed: &VideoFeed,
+        feeds: &Feeds,
+        audio: &AudioSettings,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> anyhow::Result<(CallPeer, String)> {
-        check_offer(offer)?;
-        let subscription = feed.subscribe()?;
+        let summary = check_offer(offer)?;
+        let video_codec = if summary.h264 {
+            Codec::H264
+        } else if summary.vp8 && feeds.video.offers(Codec::Vp8) {
+            Codec::Vp8
+        } else if summary.vp8 {
+            bail!(
+                "the offer has no H.264 video (packetization mode 1), and this board has no VP8 encoder"
+            );
+        } else {
+            bail!(
+                "the offer has no H.264 video (packetization mode 1), which is what this camera sends"
+            );
+        };
+        let video = feeds.video.subscribe(video_codec)?;
+        let microphone = match (&feeds.audio, summary.opus) {
+            (Some(feed), true) => match feed.subscribe(Codec::Opus) {
+                Ok(sub) => Some(sub),
+                Err(err) => {
+                    warn!("the call goes on without the microphone: {err:#}");
+                    None
+                }
+            },
+            _ => None,
+        };
         let pc = Arc::new(
             engine
                 .api
@@ -213,9 +387,14 @@ impl CallPeer {
         let peer = CallPeer {
             pc: pc.clone(),
             channel: Arc::default(),
+            playback: Arc::default(),
+            video_codec,
             tasks: Vec::new(),
         };
-        match peer.negotiate(offer, feed, subscription, events).await {
+        match peer
+            .negotiate(offer, video, microphone, audio.clone(), events)
+            .await
+        {
             Ok((peer, answer)) => Ok((peer, answer)),
             Err(err) => {
                 let _ = pc.close().await;
@@ -227,18 +406,17 @@ impl CallPeer {
     async fn negotiate(
         mut self,
         offer: &str,
-        feed: &VideoFeed,
-        subscription: Subscription,
+        video: Subscription,
+        microphone: Option<Subscription>,
+        audio: AudioSettings,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> anyhow::Result<(CallPeer, String)> {
-        let track = Arc::new(TrackLocalStaticRTP::new(
-            h264_capability(H264_FMTPS[0].1),
-            "video".into(),
-            "peercam".into(),
-        ));
-        let sender = self.pc.add_track(track.clone()).await?;
-
         let (connected_tx, connected_rx) = watch::channel(false);
+        let mut writers = vec![(self.add_sender(&video).await?, video)];
+        if let Some(microphone) = microphone {
+            writers.push((self.add_sender(&microphone).await?, microphone));
+        }
+
         let state_events = events.clone();
         self.pc
             .on_peer_connection_state_change(Box::new(move |state: RTCPeerConnectionState| {
@@ -289,6 +467,21 @@ impl CallPeer {
                 }));
                 Box::pin(async {})
             }));
+        let playback_slot = self.playback.clone();
+        self.pc
+            .on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
+                if track.kind() == RTPCodecType::Audio && audio.has_speaker() {
+                    match Playback::start(&audio, track) {
+                        Ok(playback) => {
+                            info!("playing the caller's voice");
+                            *playback_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(playback);
+                        }
+                        Err(err) => warn!("cannot play the caller's voice: {err:#}"),
+                    }
+                }
+                Box::pin(async {})
+            }));
         let candidate_events = events;
         self.pc
             .on_ice_candidate(Box::new(move |candidate: Option<RTCIceCandidate>| {
@@ -323,22 +516,39 @@ impl CallPeer {
             .context("the answer vanished")?
             .sdp;
 
-        let rtcp_feed = feed.clone();
-        self.tasks.push(tokio::spawn(async move {
-            // Reading RTCP also drives the interceptors (NACK responder, reports).
-            while let Ok((packets, _)) = sender.read_rtcp().await {
-                for packet in packets {
-                    let any = packet.as_any();
-                    if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                        debug!("viewer asked for a keyframe");
-                        rtcp_feed.request_keyframe();
-                    }
-                }
-            }
-        }));
-        self.tasks
-            .push(tokio::spawn(send_video(track, subscription, connected_rx)));
+        for (track, subscription) in writers {
+            self.tasks.push(tokio::spawn(send_frames(
+                track,
+                subscription,
+                connected_rx.clone(),
+            )));
+        }
         Ok((self, answer))
+    }
+
+    /// Adds a track for `subscription`'s stream, and the RTCP reader that turns the
+    /// viewer's PLI/FIR into keyframes and its REMB into the encoder's bitrate.
+    async fn add_sender(
+        &mut self,
+        subscription: &Subscription,
+    ) -> anyhow::Result<Arc<TrackLocalStaticRTP>> {
+        let (track, task) = add_track(&self.pc, subscription).await?;
+        self.tasks.push(task);
+        Ok(track)
+    }
+
+    /// The video codec this call sends.
+    pub fn video_codec(&self) -> Codec {
+        self.video_codec
+    }
+
+    /// Decoded audio buffers of the caller's voice played so far.
+    pub fn played_audio_buffers(&self) -> u64 {
+        self.playback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, Playback::played_buffers)
     }
 
     /// Adds a candidate the caller trickled.
@@ -388,14 +598,54 @@ impl CallPeer {
         for task in &self.tasks {
             task.abort();
         }
+        self.playback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Err(err) = self.pc.close().await {
             warn!(%err, "closing a peer connection failed");
         }
     }
 }
 
-/// Writes the feed into `track` once the connection is up, starting at a fresh keyframe.
-async fn send_video(
+/// Adds a track for `subscription`'s stream to `pc`, and starts the RTCP reader that turns
+/// the viewer's PLI/FIR into keyframes and its REMB into the encoder's bitrate.
+pub(super) async fn add_track(
+    pc: &RTCPeerConnection,
+    subscription: &Subscription,
+) -> anyhow::Result<(Arc<TrackLocalStaticRTP>, JoinHandle<()>)> {
+    let (capability, kind) = match subscription.codec() {
+        Codec::H264 => (video_capability(MIME_TYPE_H264, H264_FMTPS[0].1), "video"),
+        Codec::Vp8 => (video_capability(MIME_TYPE_VP8, ""), "video"),
+        Codec::Opus => (opus_capability(), "audio"),
+    };
+    let track = Arc::new(TrackLocalStaticRTP::new(
+        capability,
+        kind.into(),
+        "peercam".into(),
+    ));
+    let sender = pc.add_track(track.clone()).await?;
+    let control = subscription.control();
+    let task = tokio::spawn(async move {
+        // Reading RTCP also drives the interceptors (NACK responder, reports).
+        while let Ok((packets, _)) = sender.read_rtcp().await {
+            for packet in packets {
+                let any = packet.as_any();
+                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                    debug!("viewer asked for a keyframe");
+                    control.request_keyframe();
+                } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                    control.report_estimate(remb.bitrate as u64);
+                }
+            }
+        }
+    });
+    Ok((track, task))
+}
+
+/// Writes a stream into `track` once the connection is up, starting at a fresh keyframe,
+/// with RTP timestamps from the encoder's presentation times.
+pub(super) async fn send_frames(
     track: Arc<TrackLocalStaticRTP>,
     mut subscription: Subscription,
     mut connected: watch::Receiver<bool>,
@@ -404,15 +654,21 @@ async fn send_video(
         return;
     }
     subscription.want_keyframe();
-    let mut payloader = H264Payloader::default();
-    let mut clock = RtpClock::new(rand::random());
+    let codec = subscription.codec();
+    let mut payloader: Box<dyn Payloader + Send> = match codec {
+        Codec::H264 => Box::new(H264Payloader::default()),
+        Codec::Vp8 => Box::new(Vp8Payloader::default()),
+        Codec::Opus => Box::new(OpusPayloader),
+    };
+    let video = codec != Codec::Opus;
+    let mut clock = RtpClock::new(rand::random(), codec.clock_rate());
     let mut sequence: u16 = rand::random();
     let mut first = true;
     while let Some(frame) = subscription.next().await {
-        if first {
-            info!("first keyframe sent to the viewer");
-            first = false;
+        if first && video {
+            info!(?codec, "first keyframe sent to the viewer");
         }
+        first = false;
         let timestamp = clock.timestamp(&frame);
         let payloads = match payloader.payload(RTP_PAYLOAD_MTU, &frame.data) {
             Ok(p) => p,
@@ -426,7 +682,8 @@ async fn send_video(
             let packet = webrtc::rtp::packet::Packet {
                 header: webrtc::rtp::header::Header {
                     version: 2,
-                    marker: i == last,
+                    // Video marks the last packet of a picture.
+                    marker: video && i == last,
                     sequence_number: sequence,
                     timestamp,
                     ..Default::default()
@@ -435,7 +692,7 @@ async fn send_video(
             };
             sequence = sequence.wrapping_add(1);
             if let Err(err) = track.write_rtp(&packet).await {
-                debug!(%err, "video track closed");
+                debug!(%err, "track closed");
                 return;
             }
         }
@@ -446,17 +703,40 @@ async fn send_video(
 mod tests {
     use super::*;
 
+    const HEAD: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+
     #[test]
-    fn offers_are_checked_with_readable_errors() {
+    fn offers_are_read_with_readable_errors() {
         let err = check_offer("nonsense").unwrap_err().to_string();
         assert!(err.contains("not valid SDP"), "{err}");
-        let audio_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
-        let err = check_offer(audio_only).unwrap_err().to_string();
+        let audio_only =
+            format!("{HEAD}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n");
+        let err = check_offer(&audio_only).unwrap_err().to_string();
         assert!(err.contains("no video"), "{err}");
-        let vp8 = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
-        let err = check_offer(vp8).unwrap_err().to_string();
-        assert!(err.contains("no H.264"), "{err}");
-        let h264 = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
-        check_offer(h264).unwrap();
+    }
+
+    #[test]
+    fn safari_firefox_and_vp8_only_offers() {
+        // Safari: constrained baseline, mode 1 and mode 0.
+        let safari = format!(
+            "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 96 98\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:98 H264/90000\r\na=fmtp:98 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n"
+        );
+        assert!(check_offer(&safari).unwrap().h264);
+        // Only mode 0 is not enough: we send FU-A fragments.
+        let mode0 = format!(
+            "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 98\r\na=rtpmap:98 H264/90000\r\na=fmtp:98 packetization-mode=0;profile-level-id=42e01f\r\n"
+        );
+        assert!(!check_offer(&mode0).unwrap().h264);
+        let vp8 = format!(
+            "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=rtpmap:109 opus/48000/2\r\n"
+        );
+        assert_eq!(
+            check_offer(&vp8).unwrap(),
+            OfferSummary {
+                h264: false,
+                vp8: true,
+                opus: true
+            }
+        );
     }
 }

@@ -14,6 +14,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use peercam::config::IceSettings;
+use peercam::media::Codec;
 use peercam::rtc::RtcEngine;
 use webrtc::track::track_remote::TrackRemote;
 
@@ -26,9 +27,10 @@ pub fn loopback_ice() -> IceSettings {
     }
 }
 
-/// A caller-side WebRTC engine on loopback.
+/// A caller-side WebRTC engine on loopback that offers H.264, VP8 and Opus like a
+/// browser.
 pub fn caller_engine() -> RtcEngine {
-    RtcEngine::new(&loopback_ice()).expect("engine")
+    RtcEngine::caller(&loopback_ice(), &[Codec::H264, Codec::Vp8, Codec::Opus]).expect("engine")
 }
 
 /// The daemon binary running with the dev board on loopback.
