@@ -7,20 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gstreamer::prelude::*;
-
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::device;
 use crate::gpio::{self, simulated};
 use crate::media::fanout::{BitrateSettings, Feed, Retune};
 use crate::media::{self, audio, encode, pipeline};
-use crate::rtc::Feeds;
+use crate::rtc::{Feeds, MediaCaps};
 use crate::signalling::server::PhonebookServer;
 
 /// Options of `peercam run` that are not settings.
@@ -38,8 +36,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     media::init()?;
     pipeline::check_elements(&settings.video)?;
-    let description = pipeline::describe(&settings.video)?;
-    info!(board = %settings.board, pipeline = %description, "camera");
+    let plan = pipeline::plan(&settings.video)?;
+    for why in &plan.skipped {
+        warn!("encoder skipped: {why}");
+    }
+    info!(
+        board = %settings.board,
+        encoder = plan.encoder_name(),
+        input = %plan.input_note,
+        pipeline = %plan.description,
+        "camera"
+    );
 
     let mut tasks = Vec::new();
     // The embedded phonebook outlives the device, so the hang-ups of a shutdown reach
@@ -98,25 +105,36 @@ pub async fn run(
     let feeds = Feeds {
         video: Feed::new(
             "camera",
-            description,
+            plan.description.clone(),
             settings.idle_stop(),
             Some(BitrateSettings {
                 configured_kbps: settings.video.bitrate_kbps,
                 min_kbps: settings.video.min_bitrate_kbps,
                 max_kbps: settings.video.max_bitrate_kbps,
-                retune: retuner(&settings.video.encoder),
+                retune: retuner(plan.encoder, plan.vp8),
             }),
         ),
         audio: audio::describe_microphone(&settings.audio)
             .map(|d| Feed::new("microphone", d, settings.idle_stop(), None)),
     };
+    let caps = MediaCaps {
+        vp8: plan.vp8,
+        h264_profile_level_id: encode::profile_level_id(
+            settings.video.width,
+            settings.video.height,
+            settings.video.fps,
+        ),
+    };
     let result = device::run(
-        settings,
-        phonebook_url,
-        feeds,
+        device::DeviceParts {
+            settings,
+            phonebook_url,
+            feeds,
+            caps,
+            indicators,
+            interactive,
+        },
         command_rx,
-        indicators,
-        interactive,
         shutdown.clone(),
     )
     .await;
@@ -128,24 +146,21 @@ pub async fn run(
     result
 }
 
-/// Sets a running encoder's bitrate the way its quirks say.
-fn retuner(encoder: &str) -> Retune {
-    let quirks = encode::quirks(encoder);
+/// Sets the running encoders' bitrate the way their quirks say: the H.264 encoder (none
+/// when the camera's own H.264 is passed through) and the VP8 branch's.
+fn retuner(h264: Option<&'static encode::EncoderQuirks>, vp8: bool) -> Retune {
+    let encoders: Vec<&'static encode::EncoderQuirks> =
+        h264.into_iter().chain(vp8.then(encode::vp8)).collect();
     Arc::new(move |running, kbps| {
-        let Some(quirks) = quirks else { return };
-        let Some(element) = running.element(quirks.element) else {
-            return;
-        };
-        match quirks.bitrate {
-            encode::BitrateControl::KbitProperty(name) => element.set_property(name, kbps),
-            encode::BitrateControl::BitProperty(name) => {
-                element.set_property(name, kbps.saturating_mul(1000))
-            }
-            encode::BitrateControl::V4l2ExtraControl => {
-                let controls = gstreamer::Structure::builder("controls")
-                    .field("video_bitrate", kbps.saturating_mul(1000) as i32)
-                    .build();
-                element.set_property("extra-controls", controls);
+        for quirks in &encoders {
+            let Some(element) = running.element(quirks.element) else {
+                continue;
+            };
+            if let Err(err) = quirks.bitrate_update(kbps).apply(&element) {
+                warn!(
+                    encoder = quirks.element,
+                    "cannot change the bitrate: {err:#}"
+                );
             }
         }
     })

@@ -16,7 +16,14 @@ use crate::media::encode;
 use crate::signalling::protocol::{IceServer, validate_name};
 
 /// The board profiles built into the binary.
-pub const BOARDS: &[(&str, &str)] = &[("dev", include_str!("../boards/dev.toml"))];
+pub const BOARDS: &[(&str, &str)] = &[
+    ("dev", include_str!("../boards/dev.toml")),
+    ("rpi-zero2w", include_str!("../boards/rpi-zero2w.toml")),
+    ("rpi3", include_str!("../boards/rpi3.toml")),
+    ("rpi4", include_str!("../boards/rpi4.toml")),
+    ("rpi5", include_str!("../boards/rpi5.toml")),
+    ("usb-webcam", include_str!("../boards/usb-webcam.toml")),
+];
 
 /// Everything the daemon needs to know, after merging.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,24 +91,64 @@ pub enum SourceKind {
     Libcamera,
 }
 
+/// How a V4L2 camera delivers its pictures (`video.input_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// Ask the camera (VIDIOC_ENUM_FMT): H.264 if it emits it at the configured size and
+    /// rate, else raw, else MJPEG. Raw for the test pattern and libcamera.
+    #[default]
+    Auto,
+    /// Uncompressed frames (YUYV, NV12 …), converted and encoded here.
+    Raw,
+    /// Motion JPEG, decoded with `jpegdec` and encoded here.
+    Mjpeg,
+    /// H.264 from the camera, passed through with no encoder of ours.
+    H264,
+}
+
+impl InputFormat {
+    /// The name used in settings and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Auto => "auto",
+            InputFormat::Raw => "raw",
+            InputFormat::Mjpeg => "mjpeg",
+            InputFormat::H264 => "h264",
+        }
+    }
+}
+
 /// Camera and encoder.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VideoSettings {
     /// Where the picture comes from.
     pub source: SourceKind,
-    /// The device node, for `v4l2`.
+    /// The device node for `v4l2` (default /dev/video0); the camera name for `libcamera`
+    /// (default: the first camera).
     #[serde(default)]
     pub device: Option<String>,
+    /// How a `v4l2` camera delivers pictures: auto, raw, mjpeg or h264 (passthrough).
+    #[serde(default)]
+    pub input_format: InputFormat,
     /// Picture width in pixels.
     pub width: u32,
     /// Picture height in pixels.
     pub height: u32,
     /// Frames per second.
     pub fps: u32,
-    /// The encoder element, one of [`encode::ENCODERS`].
+    /// The first-choice H.264 encoder element, one of [`encode::ENCODERS`].
     pub encoder: String,
-    /// Target bitrate.
+    /// Encoders tried in order when `encoder` is unavailable (element not installed, or
+    /// a hardware codec device missing).
+    #[serde(default)]
+    pub encoder_fallback: Vec<String>,
+    /// The codec device a hardware encoder is probed on (v4l2h264enc: /dev/video11 when
+    /// not set). GStreamer picks the device itself; this only decides whether to use it.
+    #[serde(default)]
+    pub encoder_device: Option<String>,
+    /// Target bitrate, where the encoder starts.
     pub bitrate_kbps: u32,
     /// Lowest bitrate adaptation may go to.
     #[serde(default = "default_min_bitrate")]
@@ -111,6 +158,10 @@ pub struct VideoSettings {
     pub max_bitrate_kbps: u32,
     /// Frames between regular keyframes.
     pub keyframe_interval: u32,
+    /// Whether a software VP8 encoder (behind a valve, idle until needed) may serve
+    /// callers that offer no H.264.
+    #[serde(default = "default_vp8_fallback")]
+    pub vp8_fallback: bool,
 }
 
 fn default_min_bitrate() -> u32 {
@@ -119,6 +170,84 @@ fn default_min_bitrate() -> u32 {
 
 fn default_max_bitrate() -> u32 {
     4000
+}
+
+fn default_vp8_fallback() -> bool {
+    true
+}
+
+impl VideoSettings {
+    /// Checks the video settings on their own (not whether the elements are installed:
+    /// that is [`encode::choose_encoder`]'s and the pipeline check's business).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let v = self;
+        if v.width == 0 || v.height == 0 || v.fps == 0 || v.width > 7680 || v.height > 4320 {
+            bail!(
+                "video size {}x{} at {} fps is out of range",
+                v.width,
+                v.height,
+                v.fps
+            );
+        }
+        if v.fps > 240 {
+            bail!("video.fps {} is out of range 1..240", v.fps);
+        }
+        for (key, name) in std::iter::once(("video.encoder", &v.encoder)).chain(
+            v.encoder_fallback
+                .iter()
+                .map(|n| ("video.encoder_fallback", n)),
+        ) {
+            if encode::h264_quirks(name).is_none() {
+                bail!(
+                    "{key}: unknown encoder {name:?}; known H.264 encoders: {}",
+                    encode::h264_encoders()
+                        .map(|e| e.element)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        if !(50..=50_000).contains(&v.bitrate_kbps) {
+            bail!("bitrate_kbps {} is out of range 50..50000", v.bitrate_kbps);
+        }
+        if v.min_bitrate_kbps < 50 || v.max_bitrate_kbps > 50_000 {
+            bail!(
+                "video.min_bitrate_kbps and max_bitrate_kbps must lie within 50..50000 (they are {} and {})",
+                v.min_bitrate_kbps,
+                v.max_bitrate_kbps
+            );
+        }
+        if !(v.min_bitrate_kbps <= v.bitrate_kbps && v.bitrate_kbps <= v.max_bitrate_kbps) {
+            bail!(
+                "video bitrates must satisfy min_bitrate_kbps <= bitrate_kbps <= max_bitrate_kbps (they are {} <= {} <= {})",
+                v.min_bitrate_kbps,
+                v.bitrate_kbps,
+                v.max_bitrate_kbps
+            );
+        }
+        if v.keyframe_interval == 0 {
+            bail!("keyframe_interval must be at least 1");
+        }
+        if v.source != SourceKind::V4l2
+            && matches!(v.input_format, InputFormat::Mjpeg | InputFormat::H264)
+        {
+            bail!(
+                "video.input_format = {:?} needs video.source = \"v4l2\" (a USB camera)",
+                v.input_format.as_str()
+            );
+        }
+        if let Some(device) = &v.device
+            && (device.is_empty() || device.contains('"'))
+        {
+            bail!("video.device {device:?} is not a usable device name");
+        }
+        if let Some(device) = &v.encoder_device
+            && !device.starts_with('/')
+        {
+            bail!("video.encoder_device {device:?} must be a path such as /dev/video11");
+        }
+        Ok(())
+    }
 }
 
 /// How an incoming call is answered.
@@ -310,32 +439,7 @@ impl Settings {
                 self.name()
             );
         }
-        let v = &self.video;
-        if v.width == 0 || v.height == 0 || v.fps == 0 || v.width > 7680 || v.height > 4320 {
-            bail!(
-                "video size {}x{} at {} fps is out of range",
-                v.width,
-                v.height,
-                v.fps
-            );
-        }
-        if encode::quirks(&v.encoder).is_none() {
-            bail!(
-                "unknown encoder {:?}; known: {}",
-                v.encoder,
-                encode::ENCODERS
-                    .iter()
-                    .map(|e| e.element)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        if !(50..=50_000).contains(&v.bitrate_kbps) {
-            bail!("bitrate_kbps {} is out of range 50..50000", v.bitrate_kbps);
-        }
-        if v.keyframe_interval == 0 {
-            bail!("keyframe_interval must be at least 1");
-        }
+        self.video.validate()?;
         if !(1..=64).contains(&self.call.max_viewers) {
             bail!("call.max_viewers must be between 1 and 64");
         }

@@ -73,29 +73,44 @@ pub fn registration_meta(settings: &Settings) -> Value {
     })
 }
 
-/// Runs the device until `shutdown`: registers on the phonebook at `phonebook_url`,
-/// answers calls, drives the `indicators`, and hangs every call up with a reason on the
-/// way out (the indicators go dark).
+/// The real parts a device runs with.
+pub struct DeviceParts {
+    /// The merged settings.
+    pub settings: Settings,
+    /// The phonebook's WebSocket URL.
+    pub phonebook_url: String,
+    /// The camera (and microphone) feeds.
+    pub feeds: Feeds,
+    /// What the feeds' encoders can do, for the answers.
+    pub caps: MediaCaps,
+    /// The ring LED, on-air LED and buzzer.
+    pub indicators: Box<dyn Indicators>,
+    /// Whether a person watches the terminal (messages are printed there).
+    pub interactive: bool,
+}
+
+/// Runs the device until `shutdown`: registers on the phonebook, answers calls with the
+/// feeds, takes presses from `commands`, drives the indicators, and hangs every call up
+/// with a reason on the way out (the indicators go dark).
 pub async fn run(
-    settings: Settings,
-    phonebook_url: String,
-    feeds: Feeds,
+    parts: DeviceParts,
     mut commands: mpsc::Receiver<Command>,
-    indicators: Box<dyn Indicators>,
-    interactive: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let DeviceParts {
+        settings,
+        phonebook_url,
+        feeds,
+        caps,
+        indicators,
+        interactive,
+    } = parts;
     if settings.call.answer == AnswerPolicy::Auto {
         warn!(
             "answer = auto accepts every call: anyone who reaches the phonebook can watch this camera"
         );
     }
-    let engine = RtcEngine::new(
-        &settings.ice,
-        MediaCaps {
-            vp8: feeds.video.offers(crate::media::Codec::Vp8),
-        },
-    )?;
+    let engine = RtcEngine::new(&settings.ice, caps)?;
     let name = settings.name();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
@@ -317,6 +332,17 @@ impl Device {
     async fn on_command(&mut self, command: Command) {
         let reply = match command.kind {
             CommandKind::Status => Ok(self.status().to_string()),
+            CommandKind::FaultCamera => {
+                if self
+                    .feeds
+                    .video
+                    .inject_failure("camera fault injected through the control socket")
+                {
+                    Ok("the camera pipeline will be rebuilt".into())
+                } else {
+                    Err("the camera is not running".into())
+                }
+            }
             CommandKind::Press(press) => {
                 let button = press.button();
                 let reply = self.on_press(press).await;

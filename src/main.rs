@@ -3,12 +3,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use peercam::app;
 use peercam::config::{AnswerPolicy, BOARDS, Settings};
 use peercam::gpio::simulated;
+use peercam::media::{self, check, devices};
 use tokio_util::sync::CancellationToken;
 
 /// The site config read when `--config` is not given, if it exists.
@@ -52,6 +54,22 @@ enum Command {
     },
     /// List the built-in board profiles.
     Boards,
+    /// List the cameras, codecs and encoders here, and what the board would use.
+    Devices {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Run the board's camera pipeline for a few seconds and report what it produces.
+    Check {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// How long to run the pipeline.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,6 +218,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{name:12} {description}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Devices { settings } => {
+            let overrides = parse_overrides(&settings.set)?;
+            let settings = load(&settings, overrides)?;
+            media::init()?;
+            let report = tokio::task::spawn_blocking(move || devices::report(&settings)).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            settings,
+            seconds,
+            json,
+        } => {
+            let loaded = parse_overrides(&settings.set).and_then(|o| load(&settings, o));
+            let settings = match loaded {
+                Ok(settings) => settings,
+                Err(err) if json => {
+                    let report = check::CheckReport {
+                        board: settings.board.clone(),
+                        error: Some(format!("{err:#}")),
+                        ..Default::default()
+                    };
+                    println!("{}", serde_json::to_string(&report)?);
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(err) => return Err(err),
+            };
+            let duration = Duration::from_secs(seconds.clamp(1, 600));
+            let report =
+                tokio::task::spawn_blocking(move || check::run(&settings, duration)).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", check::table(&report));
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -259,11 +259,14 @@ pub enum CommandKind {
     Press(Press),
     /// The daemon's status as one JSON line.
     Status,
+    /// Make the camera pipeline fail as if the camera went away (to check that it is
+    /// rebuilt and calls resume).
+    FaultCamera,
 }
 
 impl CommandKind {
     /// Parses one line of the control protocol: `accept`, `decline [reason]`,
-    /// `hangup [reason]`, `dnd` or `status`.
+    /// `hangup [reason]`, `dnd`, `status` or `fault camera`.
     pub fn parse(line: &str) -> Result<Self, String> {
         let line = line.trim();
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
@@ -275,6 +278,7 @@ impl CommandKind {
             "hangup" => Ok(CommandKind::Press(Press::Hangup(reason))),
             "dnd" if reason.is_none() => Ok(CommandKind::Press(Press::DoNotDisturb)),
             "status" if reason.is_none() => Ok(CommandKind::Status),
+            "fault" if rest == "camera" => Ok(CommandKind::FaultCamera),
             _ => Err(format!(
                 "unknown command {line:?}: use accept, decline [reason], hangup [reason], dnd or status"
             )),

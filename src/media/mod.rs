@@ -6,6 +6,8 @@
 //! viewer, skips a lagging viewer to the next keyframe and coalesces keyframe requests.
 
 pub mod audio;
+pub mod check;
+pub mod devices;
 pub mod encode;
 pub mod fanout;
 pub mod pipeline;

@@ -1,186 +1,195 @@
-//! The camera pipeline: source → convert → encoder → h264parse → appsink, built from the
-//! board's settings and handing out one [`Frame`] per access unit.
+//! The camera pipeline's description: source → convert → encoder → h264parse → appsink,
+//! built from the board's settings (and the on-demand VP8 branch). It runs as a
+//! [`super::running::RunningPipeline`].
 
-use std::time::Duration;
-
-use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
+use anyhow::{anyhow, bail};
 use gstreamer as gst;
-use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 
-use super::Frame;
 use super::encode;
-use crate::config::{SourceKind, VideoSettings};
+use crate::config::{InputFormat, SourceKind, VideoSettings};
 
-/// The `gst-launch` description of the camera pipeline for these settings.
+/// How the camera pipeline will be built on this machine, with the reasons for each
+/// choice; [`describe`] is its `description`.
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    /// The `gst-launch` description: appsink `frames` (H.264 access units) and, when
+    /// `vp8` is true, appsink `vp8frames` behind the valve `vp8valve` (closed).
+    pub description: String,
+    /// The input format in use (never `auto`).
+    pub input: InputFormat,
+    /// Why that input format.
+    pub input_note: String,
+    /// The H.264 encoder; `None` when the camera's own H.264 is passed through.
+    pub encoder: Option<&'static encode::EncoderQuirks>,
+    /// Encoders skipped before the chosen one, each with the reason.
+    pub skipped: Vec<String>,
+    /// Whether the description has the VP8 branch.
+    pub vp8: bool,
+}
+
+impl PipelinePlan {
+    /// The element name of the H.264 encoder, or "passthrough".
+    pub fn encoder_name(&self) -> &'static str {
+        self.encoder.map_or("passthrough", |q| q.element)
+    }
+}
+
+/// Plans the camera pipeline for these settings here: resolves the input format (asking
+/// a V4L2 camera for `auto`) and chooses the encoder ([`encode::choose_encoder`]).
+pub fn plan(video: &VideoSettings) -> anyhow::Result<PipelinePlan> {
+    let (input, input_note) = super::devices::resolve_input_format(video);
+    let (encoder, skipped) = if input == InputFormat::H264 {
+        (None, Vec::new())
+    } else {
+        let (quirks, skipped) = encode::choose_encoder(video)?;
+        (Some(quirks), skipped)
+    };
+    Ok(PipelinePlan {
+        description: compose(video, input, encoder)?,
+        vp8: video.vp8_fallback && input != InputFormat::H264,
+        input,
+        input_note,
+        encoder,
+        skipped,
+    })
+}
+
+/// The `gst-launch` description of the camera pipeline for these settings, with the
+/// encoder [`encode::choose_encoder`] picks here. [`plan`] says what was chosen and why.
 pub fn describe(video: &VideoSettings) -> anyhow::Result<String> {
-    let quirks = encode::quirks(&video.encoder).ok_or_else(|| {
-        anyhow!(
-            "unknown encoder {:?}; known encoders: {}",
-            video.encoder,
-            encode::ENCODERS
-                .iter()
-                .map(|e| e.element)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
-    let raw_caps = format!(
-        "video/x-raw,width={},height={},framerate={}/1",
+    Ok(plan(video)?.description)
+}
+
+/// Quotes a value for a `gst-launch` description (settings validation keeps `"` out).
+fn quoted(value: &str) -> String {
+    format!("\"{}\"", value.replace('"', ""))
+}
+
+/// The description for a resolved input format and encoder, without looking at the
+/// machine. Raw pictures go into a tee named `raw`, so more encoder branches can hang off
+/// it: the H.264 one into appsink `frames`, and with `vp8_fallback` a VP8 one behind the
+/// closed valve `vp8valve` into appsink `vp8frames`. H.264 from the camera goes straight
+/// to `frames`.
+pub fn compose(
+    video: &VideoSettings,
+    input: InputFormat,
+    encoder: Option<&encode::EncoderQuirks>,
+) -> anyhow::Result<String> {
+    let size = format!(
+        "width={},height={},framerate={}/1",
         video.width, video.height, video.fps
     );
+    let raw_caps = format!("video/x-raw,{size}");
+    let h264_out = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! \
+                    appsink name=frames sync=false max-buffers=8 drop=true";
     let source = match video.source {
         SourceKind::Test => format!(
             "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! {raw_caps} ! \
              clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 40\" halignment=right valignment=bottom"
         ),
         SourceKind::V4l2 => {
-            let device = video.device.as_deref().unwrap_or("/dev/video0");
-            format!("v4l2src device={device} ! {raw_caps}")
+            let device = quoted(video.device.as_deref().unwrap_or("/dev/video0"));
+            match input {
+                InputFormat::H264 => format!("v4l2src device={device} ! video/x-h264,{size}"),
+                InputFormat::Mjpeg => {
+                    format!("v4l2src device={device} ! image/jpeg,{size} ! jpegdec")
+                }
+                InputFormat::Raw | InputFormat::Auto => {
+                    format!("v4l2src device={device} ! {raw_caps}")
+                }
+            }
         }
-        SourceKind::Libcamera => format!("libcamerasrc ! {raw_caps}"),
+        SourceKind::Libcamera => match &video.device {
+            Some(camera) => format!("libcamerasrc camera-name={} ! {raw_caps}", quoted(camera)),
+            None => format!("libcamerasrc ! {raw_caps}"),
+        },
     };
-    Ok(format!(
-        "{source} ! videoconvert ! video/x-raw,format={input} ! {encoder} ! {out_caps} ! \
-         h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! \
-         appsink name=frames sync=false max-buffers=8 drop=true",
+    if input == InputFormat::H264 {
+        if video.source != SourceKind::V4l2 {
+            bail!("H.264 passthrough needs a V4L2 camera");
+        }
+        return Ok(format!("{source} ! {h264_out}"));
+    }
+    let quirks = encoder.ok_or_else(|| anyhow!("raw pictures need an H.264 encoder"))?;
+    let out_caps = quirks
+        .output_caps_for(video.width, video.height, video.fps)
+        .map(|caps| format!(" ! {caps}"))
+        .unwrap_or_default();
+    let queue = "queue max-size-buffers=2 leaky=downstream";
+    let mut description = format!(
+        "{source} ! tee name=raw  raw. ! {queue} ! videoconvert ! video/x-raw,format={input} ! \
+         {encoder}{out_caps} ! {h264_out}",
         input = quirks.input_format,
         encoder = quirks.launch(video.bitrate_kbps, video.keyframe_interval),
-        out_caps = quirks.output_caps,
-    ))
+    );
+    if video.vp8_fallback {
+        // async=false: this sink gets nothing while the valve is closed, and a sink that
+        // never prerolls would hold the whole pipeline out of PLAYING.
+        let vp8 = encode::vp8();
+        description.push_str(&format!(
+            "  raw. ! {queue} ! valve name=vp8valve drop=true ! videoconvert ! \
+             video/x-raw,format={input} ! {encoder} ! \
+             appsink name=vp8frames sync=false async=false max-buffers=8 drop=true",
+            input = vp8.input_format,
+            encoder = vp8.launch(video.bitrate_kbps, video.keyframe_interval),
+        ));
+    }
+    Ok(description)
 }
 
-/// Checks that every element the settings need is installed, with a message that says
-/// which package to install when one is missing.
-pub fn check_elements(video: &VideoSettings) -> anyhow::Result<()> {
-    let source = match video.source {
-        SourceKind::Test => "videotestsrc",
-        SourceKind::V4l2 => "v4l2src",
-        SourceKind::Libcamera => "libcamerasrc",
+/// The elements a pipeline for these settings and this input format needs besides the
+/// encoders, each with the Debian package that ships it.
+fn needed_elements(video: &VideoSettings, input: InputFormat) -> Vec<(&'static str, &'static str)> {
+    let mut needed = match video.source {
+        SourceKind::Test => vec![
+            ("videotestsrc", "gstreamer1.0-plugins-base"),
+            ("clockoverlay", "gstreamer1.0-x"),
+        ],
+        SourceKind::V4l2 => vec![("v4l2src", "gstreamer1.0-plugins-good")],
+        SourceKind::Libcamera => vec![("libcamerasrc", "gstreamer1.0-libcamera")],
     };
-    let mut needed = vec![
-        (source, "gstreamer1.0-plugins-base / -good"),
-        ("videoconvert", "gstreamer1.0-plugins-base"),
+    needed.extend([
         ("h264parse", "gstreamer1.0-plugins-bad"),
         ("appsink", "gstreamer1.0-plugins-base"),
-        (
-            video.encoder.as_str(),
-            "gstreamer1.0-plugins-ugly (x264enc)",
-        ),
-    ];
-    if video.source == SourceKind::Test {
-        needed.push(("clockoverlay", "gstreamer1.0-plugins-base"));
+    ]);
+    if input == InputFormat::Mjpeg {
+        needed.push(("jpegdec", "gstreamer1.0-plugins-good"));
     }
-    if video.source == SourceKind::Libcamera {
-        needed[0].1 = "gstreamer1.0-libcamera";
-    }
-    for (element, package) in needed {
-        if gst::ElementFactory::find(element).is_none() {
-            bail!("the GStreamer element {element:?} is missing: install {package}");
+    if input != InputFormat::H264 {
+        needed.extend([
+            ("tee", "libgstreamer1.0-0"),
+            ("queue", "libgstreamer1.0-0"),
+            ("videoconvert", "gstreamer1.0-plugins-base"),
+        ]);
+        if video.vp8_fallback {
+            needed.extend([
+                ("valve", "libgstreamer1.0-0"),
+                ("vp8enc", encode::vp8().package),
+            ]);
         }
+    }
+    needed
+}
+
+/// Checks that every element the settings need is installed and that an H.264 encoder
+/// is usable, with a message that says which package to install when one is missing.
+pub fn check_elements(video: &VideoSettings) -> anyhow::Result<()> {
+    super::init()?;
+    let (input, _) = super::devices::resolve_input_format(video);
+    let mut problems: Vec<String> = needed_elements(video, input)
+        .into_iter()
+        .filter(|(element, _)| gst::ElementFactory::find(element).is_none())
+        .map(|(element, package)| {
+            format!("the GStreamer element {element:?} is missing: install {package}")
+        })
+        .collect();
+    if input != InputFormat::H264
+        && let Err(err) = encode::choose_encoder(video)
+    {
+        problems.push(format!("{err:#}"));
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
     }
     Ok(())
-}
-
-/// A pipeline in the PLAYING state. Dropping it stops it.
-pub struct RunningPipeline {
-    pipeline: gst::Pipeline,
-    sink: gst_app::AppSink,
-}
-
-impl RunningPipeline {
-    /// Builds `description` and starts it. `on_frame` runs on GStreamer's streaming
-    /// thread for every access unit; `on_error` runs once the pipeline fails or ends, on
-    /// whichever thread noticed, and must not block.
-    pub fn start(
-        description: &str,
-        epoch: u64,
-        on_frame: impl Fn(Frame) + Send + Sync + 'static,
-        on_error: impl Fn(String) + Send + Sync + 'static,
-    ) -> anyhow::Result<Self> {
-        let pipeline = gst::parse::launch(description)
-            .with_context(|| format!("cannot build the pipeline {description:?}"))?
-            .downcast::<gst::Pipeline>()
-            .map_err(|_| anyhow!("the description does not make a pipeline"))?;
-        let sink = pipeline
-            .by_name("frames")
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-            .ok_or_else(|| anyhow!("the pipeline has no appsink named frames"))?;
-
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
-                    let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                    let pts = Duration::from_nanos(buffer.pts().map_or(0, |t| t.nseconds()));
-                    // The frame keeps GStreamer's buffer alive instead of copying it.
-                    let mapped = buffer
-                        .into_mapped_buffer_readable()
-                        .map_err(|_| gst::FlowError::Error)?;
-                    on_frame(Frame {
-                        data: Bytes::from_owner(mapped),
-                        pts,
-                        keyframe,
-                        epoch,
-                    });
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
-
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| anyhow!("pipeline without a bus"))?;
-        bus.set_sync_handler(move |_, msg| {
-            match msg.view() {
-                gst::MessageView::Error(err) => {
-                    let source = err
-                        .src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default();
-                    on_error(format!("{source}: {}", err.error()));
-                }
-                gst::MessageView::Eos(_) => on_error("the camera stream ended".into()),
-                _ => {}
-            }
-            gst::BusSyncReply::Drop
-        });
-
-        if let Err(err) = pipeline.set_state(gst::State::Playing) {
-            let _ = pipeline.set_state(gst::State::Null);
-            bus.unset_sync_handler();
-            bail!("the camera pipeline did not start: {err}");
-        }
-        Ok(RunningPipeline { pipeline, sink })
-    }
-
-    /// A handle that can force keyframes from another thread.
-    pub fn keyframe_handle(&self) -> KeyframeHandle {
-        KeyframeHandle(self.sink.clone())
-    }
-}
-
-/// Forces keyframes on a running pipeline without holding the pipeline itself.
-#[derive(Clone)]
-pub struct KeyframeHandle(gst_app::AppSink);
-
-impl KeyframeHandle {
-    /// Asks the encoder for a keyframe with SPS/PPS in front of it.
-    pub fn force(&self) {
-        let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
-        self.0.send_event(event);
-    }
-}
-
-impl Drop for RunningPipeline {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-        if let Some(bus) = self.pipeline.bus() {
-            bus.unset_sync_handler();
-        }
-    }
 }

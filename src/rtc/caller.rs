@@ -155,7 +155,7 @@ impl Caller {
         let (connected_tx, connected_rx) = tokio::sync::watch::channel(false);
         if let Some(feed) = &options.send_audio {
             let voice = feed.subscribe(Codec::Opus)?;
-            let (track, rtcp) = add_track(&pc, &voice).await?;
+            let (track, rtcp) = add_track(&pc, &voice, engine.h264_fmtp()).await?;
             tasks.push(rtcp);
             tasks.push(tokio::spawn(send_frames(track, voice, connected_rx)));
         } else if options.receive_audio {
@@ -342,6 +342,17 @@ impl Caller {
     /// Sends `text` to the camera over the data channel (once it is open).
     pub async fn send_text(&self, text: &str) -> anyhow::Result<()> {
         self.channel.send_text(text.to_owned()).await?;
+        Ok(())
+    }
+
+    /// Tells the camera the picture was lost (RTCP PLI for `track`), as a browser does
+    /// after packet loss.
+    pub async fn picture_lost(&self, track: &TrackRemote) -> anyhow::Result<()> {
+        let pli = webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: track.ssrc(),
+        };
+        self.pc.write_rtcp(&[Box::new(pli)]).await?;
         Ok(())
     }
 

@@ -46,18 +46,6 @@ use crate::signalling::protocol::IceCandidate;
 /// Largest RTP payload; leaves room for headers, SRTP and tunnels under a 1500-byte MTU.
 const RTP_PAYLOAD_MTU: usize = 1188;
 
-/// The H.264 profiles we answer with: constrained baseline as browsers and Safari offer
-/// it, with the `42e0` and `42 00` prefixes, packetization mode 1 (FU-A).
-const H264_FMTPS: &[(PayloadType, &str)] = &[
-    (
-        102,
-        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-    ),
-    (
-        127,
-        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
-    ),
-];
 const VP8_PAYLOAD_TYPE: PayloadType = 96;
 const OPUS_PAYLOAD_TYPE: PayloadType = 111;
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
@@ -81,10 +69,35 @@ pub enum PeerEvent {
 }
 
 /// What the board can send, which decides the codecs the engine answers with.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct MediaCaps {
     /// A VP8 encoder serves callers that offer no H.264.
     pub vp8: bool,
+    /// The H.264 profile and level the encoder emits (`42e01f`: constrained baseline,
+    /// level 3.1), advertised in the answer.
+    pub h264_profile_level_id: String,
+}
+
+impl Default for MediaCaps {
+    fn default() -> Self {
+        MediaCaps {
+            vp8: false,
+            h264_profile_level_id: "42e01f".into(),
+        }
+    }
+}
+
+/// The fmtp lines for `profile_level_id` (`42e0xx`), also under the `4200` prefix some
+/// browsers offer for the same constrained-baseline stream.
+fn h264_fmtps(profile_level_id: &str) -> [(PayloadType, String); 2] {
+    let level = profile_level_id.get(4..6).unwrap_or("1f");
+    let fmtp = |pli: &str| {
+        format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={pli}")
+    };
+    [
+        (102, fmtp(profile_level_id)),
+        (127, fmtp(&format!("4200{level}"))),
+    ]
 }
 
 /// The feeds a call can take its media from.
@@ -100,6 +113,7 @@ pub struct Feeds {
 pub struct RtcEngine {
     api: API,
     ice_servers: Vec<RTCIceServer>,
+    h264_fmtp: String,
 }
 
 impl RtcEngine {
@@ -107,7 +121,8 @@ impl RtcEngine {
     /// answers, and the ICE settings.
     pub fn new(ice: &IceSettings, caps: MediaCaps) -> anyhow::Result<Self> {
         let mut media = MediaEngine::default();
-        for (payload_type, fmtp) in H264_FMTPS {
+        let fmtps = h264_fmtps(&caps.h264_profile_level_id);
+        for (payload_type, fmtp) in &fmtps {
             media.register_codec(
                 RTCRtpCodecParameters {
                     capability: video_capability(MIME_TYPE_H264, fmtp),
@@ -170,7 +185,11 @@ impl RtcEngine {
                 credential: s.credential.clone().unwrap_or_default(),
             })
             .collect();
-        Ok(RtcEngine { api, ice_servers })
+        Ok(RtcEngine {
+            api,
+            ice_servers,
+            h264_fmtp: fmtps[0].1.clone(),
+        })
     }
 
     /// An engine for a caller that offers only `codecs` (to act like a browser that
@@ -180,7 +199,7 @@ impl RtcEngine {
         for codec in codecs {
             match codec {
                 Codec::H264 => {
-                    for (payload_type, fmtp) in H264_FMTPS {
+                    for (payload_type, fmtp) in &h264_fmtps("42e01f") {
                         media.register_codec(
                             RTCRtpCodecParameters {
                                 capability: video_capability(MIME_TYPE_H264, fmtp),
@@ -229,6 +248,7 @@ impl RtcEngine {
         Ok(RtcEngine {
             api,
             ice_servers: Vec::new(),
+            h264_fmtp: h264_fmtps("42e01f")[0].1.clone(),
         })
     }
 
@@ -238,6 +258,10 @@ impl RtcEngine {
 
     pub(super) fn ice_servers(&self) -> Vec<RTCIceServer> {
         self.ice_servers.clone()
+    }
+
+    pub(super) fn h264_fmtp(&self) -> &str {
+        &self.h264_fmtp
     }
 }
 
@@ -334,6 +358,7 @@ pub fn check_offer(sdp: &str) -> anyhow::Result<OfferSummary> {
 /// the microphone's sound), and playing the caller's voice.
 pub struct CallPeer {
     pc: Arc<RTCPeerConnection>,
+    h264_fmtp: String,
     channel: Arc<Mutex<Option<Arc<RTCDataChannel>>>>,
     playback: Arc<Mutex<Option<Playback>>>,
     video_codec: Codec,
@@ -386,6 +411,7 @@ impl CallPeer {
         );
         let peer = CallPeer {
             pc: pc.clone(),
+            h264_fmtp: engine.h264_fmtp.clone(),
             channel: Arc::default(),
             playback: Arc::default(),
             video_codec,
@@ -532,7 +558,7 @@ impl CallPeer {
         &mut self,
         subscription: &Subscription,
     ) -> anyhow::Result<Arc<TrackLocalStaticRTP>> {
-        let (track, task) = add_track(&self.pc, subscription).await?;
+        let (track, task) = add_track(&self.pc, subscription, &self.h264_fmtp).await?;
         self.tasks.push(task);
         Ok(track)
     }
@@ -613,9 +639,10 @@ impl CallPeer {
 pub(super) async fn add_track(
     pc: &RTCPeerConnection,
     subscription: &Subscription,
+    h264_fmtp: &str,
 ) -> anyhow::Result<(Arc<TrackLocalStaticRTP>, JoinHandle<()>)> {
     let (capability, kind) = match subscription.codec() {
-        Codec::H264 => (video_capability(MIME_TYPE_H264, H264_FMTPS[0].1), "video"),
+        Codec::H264 => (video_capability(MIME_TYPE_H264, h264_fmtp), "video"),
         Codec::Vp8 => (video_capability(MIME_TYPE_VP8, ""), "video"),
         Codec::Opus => (opus_capability(), "audio"),
     };

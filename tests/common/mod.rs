@@ -163,6 +163,11 @@ impl Daemon {
         send_control(&self.control, line).unwrap_or_else(|err| Err(err.to_string()))
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the daemon logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -266,24 +271,47 @@ fn send_control(path: &std::path::Path, line: &str) -> anyhow::Result<Result<Str
 /// What a decoder made of a received track.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Decoded {
+    /// Pictures (or audio buffers) decoded.
     pub frames: u64,
     pub width: i32,
     pub height: i32,
     /// Time from the start of decoding to the first decoded picture.
     pub first_frame: Option<Duration>,
+    /// When the first picture came out of the decoder.
+    pub first_frame_at: Option<Instant>,
 }
 
-/// Decodes the H.264 `track` with GStreamer (`rtph264depay ! avdec_h264`) until
-/// `want_frames` pictures came out or `timeout` passed.
+/// Decodes `track` (H.264 with `avdec_h264`, VP8 with `vp8dec`, Opus with `opusdec`)
+/// until `want_frames` pictures or audio buffers came out or `timeout` passed.
 pub async fn decode(track: Arc<TrackRemote>, want_frames: u64, timeout: Duration) -> Decoded {
     gst::init().unwrap();
+    let mime = track.codec().capability.mime_type.to_ascii_lowercase();
+    let (media, encoding, clock, chain) = match mime.as_str() {
+        "video/vp8" => (
+            "video",
+            "VP8",
+            90_000,
+            "rtpvp8depay ! vp8dec ! videoconvert ! video/x-raw,format=I420",
+        ),
+        "audio/opus" => (
+            "audio",
+            "OPUS",
+            48_000,
+            "rtpopusdepay ! opusdec ! audioconvert",
+        ),
+        _ => (
+            "video",
+            "H264",
+            90_000,
+            "rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=I420",
+        ),
+    };
     let caps = format!(
-        "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={}",
+        "application/x-rtp,media={media},clock-rate={clock},encoding-name={encoding},payload={}",
         track.payload_type()
     );
     let pipeline = gst::parse::launch(&format!(
-        "appsrc name=rtp is-live=true format=time caps=\"{caps}\" ! rtph264depay ! h264parse ! avdec_h264 ! \
-         videoconvert ! video/x-raw,format=I420 ! appsink name=pictures sync=false"
+        "appsrc name=rtp is-live=true format=time caps=\"{caps}\" ! {chain} ! appsink name=pictures sync=false"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -300,7 +328,7 @@ pub async fn decode(track: Arc<TrackRemote>, want_frames: u64, timeout: Duration
         .unwrap();
     let frames = Arc::new(AtomicU64::new(0));
     let size = Arc::new(Mutex::new((0, 0)));
-    let first = Arc::new(Mutex::new(None));
+    let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let start = Instant::now();
     {
         let frames = frames.clone();
@@ -319,7 +347,7 @@ pub async fn decode(track: Arc<TrackRemote>, want_frames: u64, timeout: Duration
                             s.get::<i32>("height").unwrap_or(0),
                         );
                     }
-                    first.lock().unwrap().get_or_insert(start.elapsed());
+                    first.lock().unwrap().get_or_insert_with(Instant::now);
                     frames.fetch_add(1, Ordering::Relaxed);
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -339,11 +367,12 @@ pub async fn decode(track: Arc<TrackRemote>, want_frames: u64, timeout: Duration
     }
     pipeline.set_state(gst::State::Null).unwrap();
     let (width, height) = *size.lock().unwrap();
-    let first_frame = *first.lock().unwrap();
+    let first_frame_at = *first.lock().unwrap();
     Decoded {
         frames: frames.load(Ordering::Relaxed),
         width,
         height,
-        first_frame,
+        first_frame: first_frame_at.map(|t| t.duration_since(start)),
+        first_frame_at,
     }
 }
