@@ -68,7 +68,8 @@ pub fn registration_meta(settings: &Settings) -> Value {
         "width": settings.video.width,
         "height": settings.video.height,
         "fps": settings.video.fps,
-        "audio": false,
+        "audio": settings.audio.has_microphone(),
+        "speaker": settings.audio.has_speaker(),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

@@ -1,39 +1,86 @@
-// The phonebook page: lists the cameras, calls one, shows its video.
+// The phonebook page: lists cameras and people, calls one, shows its video; goes online
+// to be called by others; chats over the call's data channel.
 import { Phonebook } from './phonebook.js';
 
 const NAME_KEY = 'peercam.callerName';
+const REACHABLE_KEY = 'peercam.reachableName';
 const TERMINAL = new Set(['ENDED', 'DECLINED', 'ERROR']);
-const PRESENCE_TEXT = { available: 'available', ringing: 'ringing', in_call: 'in call' };
+const PRESENCE_TEXT = { available: 'available', ringing: 'ringing', in_call: 'in call', dnd: 'do not disturb' };
 const CONNECTION_TEXT = { connecting: 'Connecting…', open: 'Online', closed: 'Offline, reconnecting…' };
+const DECLINE_REASON = 'Declined';
+const BUSY_REASON = 'Busy';
+const DND_REASON = 'Do not disturb';
+const MAX_MESSAGES = 200;
+const BUTTON_TEXT = { accept: 'Accept', decline: 'Decline', hangup: 'Hang up', dnd: 'Do not disturb' };
+const IDLE_HINT = 'Going online turns on your camera and microphone so you can answer calls.';
 
 const $ = id => document.getElementById(id);
 const ui = {
   connection: $('connection'),
   connectionText: $('connection-text'),
   name: $('caller-name'),
+  reachableName: $('reachable-name'),
+  goOnline: $('go-online'),
+  reachableStatus: $('reachable-status'),
+  dndField: $('dnd-field'),
+  dnd: $('dnd'),
   list: $('callees'),
+  incoming: $('incoming'),
+  incomingCaller: $('incoming-caller'),
+  accept: $('accept'),
+  decline: $('decline'),
   panel: $('call-panel'),
+  heading: $('call-heading'),
   state: $('call-state'),
   video: $('remote'),
+  local: $('local'),
   hangup: $('hangup'),
   sound: $('sound'),
   dismiss: $('dismiss'),
+  messages: $('messages'),
+  messageForm: $('message-form'),
+  messageInput: $('message-input'),
+  messageSend: $('message-send'),
 };
 
 const pb = new Phonebook(undefined, { agent: 'peercam-web/0.1' });
+/** The call shown in the panel (running or just over). */
 let call = null;
+/** An incoming call waiting on the prompt. */
+let ringing = null;
 let callees = [];
+/** While reachable: {name, stream}; stream is null without camera and microphone. */
+let online = null;
+/** True between pressing "Go online" and the phonebook's answer. */
+let goingOnline = false;
 
-// localStorage throws in some private modes; the name is a convenience, not a must.
-try { ui.name.value = localStorage.getItem(NAME_KEY) ?? ''; } catch {}
-ui.name.addEventListener('input', () => {
-  try { localStorage.setItem(NAME_KEY, ui.name.value.trim()); } catch {}
+// localStorage throws in some private modes; the names are a convenience, not a must.
+const load = key => { try { return localStorage.getItem(key) ?? ''; } catch { return ''; } };
+const save = (key, value) => { try { localStorage.setItem(key, value); } catch {} };
+ui.name.value = load(NAME_KEY);
+ui.reachableName.value = load(REACHABLE_KEY);
+ui.name.addEventListener('input', () => save(NAME_KEY, ui.name.value.trim()));
+ui.reachableName.addEventListener('input', () => save(REACHABLE_KEY, ui.reachableName.value.trim()));
+// People who called us see our name in the prompt: keep it current while online.
+ui.name.addEventListener('change', () => {
+  if (online) pb.registerCallee(online.name, reachableMeta(), onIncomingCall).catch(() => {});
 });
 
 pb.on('connection', state => {
   ui.connection.dataset.state = state;
   ui.connectionText.textContent = CONNECTION_TEXT[state] ?? state;
   renderCallees();
+  // The phonebook module registers our name again by itself once it is back.
+  if (online && !goingOnline) {
+    if (state === 'open') onlineStatus();
+    else setReachableStatus('Reconnecting to the phonebook… you are reachable again once it is back.');
+  }
+});
+
+pb.on('registrationLost', (name, err) => {
+  if (online?.name !== name) return;
+  goOffline();
+  setReachableStatus(`You are offline: ${explainRegisterError(err, name)}`, 'error');
 });
 
 pb.listenForCallees(list => {
@@ -41,9 +88,11 @@ pb.listenForCallees(list => {
   renderCallees();
 });
 
-/** "dev · 1280×720 · 30 fps" from whatever the camera put in its meta. */
+/** "camera · dev · 1280×720 · 30 fps" or "browser · Alice", from whatever the callee put in its meta. */
 function describe(meta = {}) {
   const parts = [];
+  if (typeof meta.kind === 'string') parts.push(meta.kind);
+  if (meta.kind === 'browser' && typeof meta.callerName === 'string' && meta.callerName) parts.push(meta.callerName);
   if (typeof meta.board === 'string') parts.push(meta.board);
   if (Number.isFinite(meta.width) && Number.isFinite(meta.height)) parts.push(`${meta.width}×${meta.height}`);
   if (Number.isFinite(meta.fps)) parts.push(`${meta.fps} fps`);
@@ -51,20 +100,25 @@ function describe(meta = {}) {
   return parts.join(' · ');
 }
 
+const isLive = c => c !== null && !TERMINAL.has(c.state);
+
 // Entries are updated in place rather than rebuilt, so a focused Call button keeps focus
 // when a presence changes.
 function renderCallees() {
-  const busy = call && !TERMINAL.has(call.state);
-  const canCall = pb.connectionState === 'open' && !busy;
+  const canCall = pb.connectionState === 'open' && !isLive(call) && !ringing;
   const existing = new Map([...ui.list.children].map(li => [li.dataset.callee, li]));
   for (const callee of callees) {
     const li = existing.get(callee.name) ?? createEntry(callee.name);
     existing.delete(callee.name);
+    const own = online?.name === callee.name;
+    li.dataset.kind = typeof callee.meta?.kind === 'string' ? callee.meta.kind : '';
+    li.querySelector('.you-tag').hidden = !own;
     const badge = li.querySelector('.badge');
     badge.dataset.presence = callee.presence;
     badge.textContent = PRESENCE_TEXT[callee.presence] ?? callee.presence;
     li.querySelector('.callee-meta').textContent = describe(callee.meta ?? {});
-    li.querySelector('button.call').disabled = !canCall;
+    // A callee on do not disturb can still be called: it declines with its own reason.
+    li.querySelector('button.call').disabled = !canCall || own;
     ui.list.append(li); // appending an existing node moves it: keeps the sort order
   }
   for (const li of existing.values()) li.remove();
@@ -76,7 +130,7 @@ function createEntry(name) {
   li.dataset.callee = name;
   li.innerHTML = `
     <div class="callee-info">
-      <div class="callee-name"><span class="name"></span><span class="badge"></span></div>
+      <div class="callee-name"><span class="name"></span><span class="you-tag" hidden>(you)</span><span class="badge"></span></div>
       <div class="callee-meta"></div>
     </div>
     <button type="button" class="call">Call</button>`;
@@ -87,40 +141,161 @@ function createEntry(name) {
   return li;
 }
 
-function startCall(name) {
-  call?.end();
+// ---- Outgoing calls ---------------------------------------------------------------------
+
+async function startCall(name) {
+  if (isLive(call)) call.end();
   const callerName = ui.name.value.trim();
-  call = pb.makeCall(name, callerName ? { callerName } : {}, null);
-  // Exposed for the browser test (it reads call.peerConnection.getStats()) and for
-  // poking at a call from the console.
+  // People get our camera and microphone if we have them on. A camera with a speaker
+  // (an intercom) gets our microphone, if the browser lets us have it; other cameras
+  // only send.
+  const meta = callees.find(c => c.name === name)?.meta ?? {};
+  let stream = null;
+  if (meta.kind === 'browser') {
+    stream = online?.stream ?? null;
+  } else if (meta.speaker) {
+    stream = online?.stream ?? await microphoneOnly();
+  }
+  const newCall = pb.makeCall(name, callerName ? { callerName } : {}, stream);
+  if (stream && stream !== online?.stream) {
+    // Taken for this call only: the microphone goes off when the call is over.
+    const release = () => stream.getTracks().forEach(track => track.stop());
+    for (const event of ['declined', 'ended', 'error']) newCall.on(event, release);
+  }
+  showCall(newCall, stream);
+}
+
+/** The microphone alone, or null when there is none or the person says no. */
+async function microphoneOnly() {
+  if (!navigator.mediaDevices?.getUserMedia) return null;
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch {
+    return null;
+  }
+}
+
+// ---- Incoming calls ---------------------------------------------------------------------
+
+function reachableMeta() {
+  return { kind: 'browser', callerName: ui.name.value.trim() || online?.name || ui.reachableName.value.trim() };
+}
+
+function onIncomingCall(incoming, meta) {
+  if (isLive(call) || ringing) return declineQuietly(incoming, BUSY_REASON);
+  if (ui.dnd.checked) return declineQuietly(incoming, DND_REASON);
+  ringing = incoming;
+  // The current call, for the tests and the console, whichever way it goes.
+  window.peercamCall = incoming;
+  const caller = callerNameOf(meta);
+  ui.incomingCaller.textContent = caller;
+  ui.incoming.hidden = false;
+  document.title = `${caller} is calling · peercam`;
+  ui.accept.focus({ preventScroll: true });
+  // The caller gave up, or the phonebook went away, before anyone answered.
+  const gone = () => {
+    if (ringing !== incoming) return;
+    closePrompt();
+    setReachableStatus(`Missed call from ${caller}`);
+  };
+  incoming.on('ended', gone);
+  incoming.on('error', gone);
+  renderCallees();
+}
+
+function declineQuietly(incoming, reason) {
+  try { incoming.decline(reason); } catch {}
+}
+
+function callerNameOf(meta) {
+  const name = typeof meta?.callerName === 'string' ? meta.callerName.trim() : '';
+  return name || 'Someone';
+}
+
+function closePrompt() {
+  ringing = null;
+  ui.incoming.hidden = true;
+  document.title = 'peercam';
+  renderCallees();
+}
+
+ui.accept.addEventListener('click', () => {
+  const incoming = ringing;
+  if (!incoming) return;
+  closePrompt();
+  const stream = online?.stream ?? null;
+  try {
+    const answered = incoming.accept(stream);
+    showCall(incoming, stream);
+    answered.catch(() => {}); // failures arrive as the call's 'error' event
+  } catch (err) {
+    setReachableStatus(`Could not answer: ${err.message}`, 'error');
+  }
+});
+
+ui.decline.addEventListener('click', () => {
+  const incoming = ringing;
+  if (!incoming) return;
+  closePrompt();
+  declineQuietly(incoming, DECLINE_REASON);
+});
+
+// ---- The call panel ---------------------------------------------------------------------
+
+/** Who is at the other end, as shown in the panel and the message log. */
+function peerNameOf(c) {
+  return c.isIncoming ? callerNameOf(c.metaData) : c.callee;
+}
+
+function showCall(newCall, localStream) {
+  call = newCall;
   window.peercamCall = call;
   const thisCall = call;
   const current = handler => (...args) => { if (call === thisCall) handler(...args); };
+
+  ui.messages.replaceChildren();
+  ui.messageInput.value = '';
+  ui.heading.textContent = peerNameOf(call);
+  ui.panel.dataset.picture = '';
+  const showLocal = Boolean(localStream?.getVideoTracks().length);
+  ui.local.srcObject = showLocal ? localStream : null;
+  ui.local.hidden = !showLocal;
+  if (showLocal) ui.local.play().catch(() => {});
 
   // Final states are shown by the events that carry their reason, just below.
   call.on('stateChange', current(state => { if (!TERMINAL.has(state)) showState(state); }));
   call.on('established', current(stream => {
     ui.video.srcObject = stream;
-    // Muted autoplay is always allowed; sound needs the user's tap on "Sound on".
-    ui.video.play().catch(() => {});
-    ui.sound.hidden = !stream.getAudioTracks().length;
+    ui.panel.dataset.picture = stream.getVideoTracks().length ? 'yes' : 'no';
+    const audio = stream.getAudioTracks().length > 0;
+    ui.sound.hidden = !audio;
+    // Sound needs a tap on this page first (autoplay rules); muted playback always works,
+    // and "Sound on" is there for the rest.
+    setMuted(!(audio && navigator.userActivation?.hasBeenActive));
+    ui.video.play().catch(() => {
+      setMuted(true);
+      ui.video.play().catch(() => {});
+    });
   }));
   call.on('declined', current(reason => showState('DECLINED', reason)));
   call.on('ended', current(reason => showState('ENDED', reason)));
   call.on('error', current(err => showState('ERROR', err.message)));
+  call.on('dataopen', current(renderChat));
+  call.on('data', current(text => receive(thisCall, text)));
 
   ui.panel.hidden = false;
   showState(call.state);
-  ui.hangup.focus();
+  ui.panel.scrollIntoView?.({ block: 'start' });
+  ui.hangup.focus({ preventScroll: true });
 }
 
 function showState(state, detail = '') {
-  const callee = call?.callee ?? '';
+  const peer = call ? peerNameOf(call) : '';
   const text = {
-    INITIAL: `Calling ${callee}…`,
-    CONNECTING: `Calling ${callee}…`,
-    RINGING: 'Ringing…',
-    ACCEPTED: 'Accepted, connecting…',
+    INITIAL: `Calling ${peer}…`,
+    CONNECTING: `Calling ${peer}…`,
+    RINGING: call?.isIncoming ? 'Answering…' : 'Ringing…',
+    ACCEPTED: call?.isIncoming ? 'Connecting…' : 'Accepted, connecting…',
     ESTABLISHED: 'Connected',
     DECLINED: `Declined: ${detail}`,
     ENDED: `Ended: ${detail}`,
@@ -137,9 +312,13 @@ function showState(state, detail = '') {
   if (refocus) ui.dismiss.focus();
   if (over) {
     ui.video.srcObject = null;
+    ui.local.srcObject = null;
+    ui.local.hidden = true;
     ui.sound.hidden = true;
     setMuted(true);
+    releaseStreamIfUnused();
   }
+  renderChat();
   renderCallees();
 }
 
@@ -150,13 +329,214 @@ function setMuted(muted) {
 }
 
 ui.hangup.addEventListener('click', () => call?.end());
-ui.sound.addEventListener('click', () => setMuted(!ui.video.muted));
+ui.sound.addEventListener('click', () => {
+  setMuted(!ui.video.muted);
+  ui.video.play().catch(() => {});
+});
 ui.dismiss.addEventListener('click', () => {
   ui.panel.hidden = true;
   ui.state.textContent = '';
   ui.state.dataset.state = '';
+  ui.messages.replaceChildren();
 });
 
-// Leaving the page should hang up at once rather than leave the camera waiting for ICE
+// ---- Messages on the data channel -------------------------------------------------------
+
+function renderChat() {
+  const usable = isLive(call) && call.dataChannelOpen;
+  ui.messageInput.disabled = !usable;
+  ui.messageSend.disabled = !usable;
+}
+
+function addMessage(text, kind) {
+  const li = document.createElement('li');
+  li.className = `message message-${kind}`;
+  li.textContent = text;
+  ui.messages.append(li);
+  while (ui.messages.children.length > MAX_MESSAGES) ui.messages.firstElementChild.remove();
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function receive(fromCall, text) {
+  const peer = peerNameOf(fromCall);
+  let event = null;
+  try {
+    const value = JSON.parse(text);
+    if (value !== null && typeof value === 'object' && typeof value.event === 'string') event = value;
+  } catch {}
+  const line = event ? describeEvent(event, peer) : null;
+  if (line) addMessage(line.text, line.kind);
+  else addMessage(`${peer}: ${text}`, 'peer');
+}
+
+/** A device event (see the camera's data channel) in words, or null when unknown. */
+function describeEvent(event, peer) {
+  switch (event.event) {
+    case 'accepted':
+      return { text: 'Call accepted', kind: 'event' };
+    case 'viewers': {
+      const count = Number(event.count);
+      if (!Number.isInteger(count) || count < 0) return null;
+      return { text: `${count} ${count === 1 ? 'person' : 'people'} watching`, kind: 'event' };
+    }
+    case 'button': {
+      const button = typeof event.button === 'string' ? event.button : '';
+      return { text: `Someone pressed ${BUTTON_TEXT[button] ?? (button || 'a button')} on ${peer}`, kind: 'event' };
+    }
+    case 'ringing': {
+      const caller = typeof event.caller === 'string' && event.caller ? event.caller : 'Someone';
+      return { text: `${caller} is calling ${peer}`, kind: 'event' };
+    }
+    case 'text': {
+      if (typeof event.text !== 'string') return null;
+      const from = typeof event.from === 'string' && event.from && event.from !== 'device' ? event.from : peer;
+      return { text: `${from}: ${event.text}`, kind: 'peer' };
+    }
+    case 'shutting_down':
+      return { text: 'Camera is shutting down', kind: 'event' };
+    default:
+      return null;
+  }
+}
+
+ui.messageForm.addEventListener('submit', event => {
+  event.preventDefault();
+  const text = ui.messageInput.value;
+  if (!call || !text.trim()) return;
+  try {
+    call.send(text);
+    addMessage(`You: ${text}`, 'me');
+    ui.messageInput.value = '';
+  } catch (err) {
+    addMessage(`Not sent: ${err.message}`, 'error');
+  }
+  ui.messageInput.focus();
+});
+
+// ---- Being reachable --------------------------------------------------------------------
+
+function setReachableStatus(text, kind = '') {
+  ui.reachableStatus.textContent = text;
+  ui.reachableStatus.dataset.kind = kind;
+}
+
+function renderReachable() {
+  const on = Boolean(online) && !goingOnline;
+  ui.goOnline.textContent = on ? 'Go offline' : goingOnline ? 'Going online…' : 'Go online';
+  ui.goOnline.setAttribute('aria-pressed', String(on));
+  ui.goOnline.classList.toggle('secondary', on);
+  ui.goOnline.disabled = goingOnline;
+  ui.reachableName.disabled = Boolean(online) || goingOnline;
+  ui.dndField.hidden = !on;
+  if (!on) ui.dnd.checked = false;
+}
+
+function onlineStatus() {
+  const video = Boolean(online.stream?.getVideoTracks().length);
+  const audio = Boolean(online.stream?.getAudioTracks().length);
+  const what = video && audio ? 'your camera and microphone are on'
+    : video ? 'your camera is on, no microphone'
+      : audio ? 'your microphone is on, no camera'
+        : 'without camera or microphone';
+  setReachableStatus(`Online as ${online.name}: people can call you (${what}).`);
+}
+
+/** Camera and microphone if we can have them, else whatever we can get, else nothing. */
+async function getLocalStream() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    return { stream: null, why: 'this page needs HTTPS to use the camera' };
+  }
+  let lastError = null;
+  for (const constraints of [{ video: true, audio: true }, { video: true }, { audio: true }]) {
+    try {
+      return { stream: await navigator.mediaDevices.getUserMedia(constraints), why: '' };
+    } catch (err) {
+      lastError = err;
+      // Refused by the person: asking for less will not change their mind.
+      if (err.name === 'NotAllowedError' || err.name === 'SecurityError') break;
+    }
+  }
+  return { stream: null, why: lastError?.message || 'no camera or microphone' };
+}
+
+function explainRegisterError(err, name) {
+  if (err.code === 'name_taken') return `the name "${name}" is taken; pick another one`;
+  if (err.code === 'invalid_name') return 'a name has 1 to 64 letters, digits, spaces, dots, dashes or underscores';
+  return err.message;
+}
+
+async function goOnline() {
+  const name = ui.reachableName.value.trim();
+  if (!name) {
+    setReachableStatus('Type the name people should call you by.', 'error');
+    ui.reachableName.focus();
+    return;
+  }
+  ui.reachableName.value = name;
+  goingOnline = true;
+  renderReachable();
+  setReachableStatus('Turning on your camera and microphone…');
+  const { stream, why } = await getLocalStream();
+  setReachableStatus('Going online…');
+  try {
+    online = { name, stream };
+    await pb.registerCallee(name, reachableMeta(), onIncomingCall);
+    onlineStatus();
+    if (!stream) setReachableStatus(`${ui.reachableStatus.textContent} ${why ? `Camera: ${why}.` : ''}`.trim());
+  } catch (err) {
+    online = null;
+    stream?.getTracks().forEach(track => track.stop());
+    setReachableStatus(`Could not go online: ${explainRegisterError(err, name)}`, 'error');
+  } finally {
+    goingOnline = false;
+    renderReachable();
+    renderCallees();
+  }
+}
+
+function goOffline() {
+  if (!online) return;
+  const { name } = online;
+  pb.unregisterCallee(name);
+  if (ringing) {
+    declineQuietly(ringing, DECLINE_REASON);
+    closePrompt();
+  }
+  // A running call keeps our camera until it ends.
+  if (online.stream) toRelease.add(online.stream);
+  online = null;
+  releaseStreamIfUnused();
+  setReachableStatus(IDLE_HINT);
+  renderReachable();
+  renderCallees();
+}
+
+/** Streams given up while a call still used them; stopped when that call ends. */
+const toRelease = new Set();
+function releaseStreamIfUnused() {
+  for (const stream of toRelease) {
+    if (isLive(call) && ui.local.srcObject === stream) continue;
+    stream.getTracks().forEach(track => track.stop());
+    toRelease.delete(stream);
+  }
+}
+
+ui.goOnline.addEventListener('click', () => (online ? goOffline() : goOnline()));
+ui.reachableName.addEventListener('keydown', event => {
+  if (event.key === 'Enter' && !online && !goingOnline) goOnline();
+});
+ui.dnd.addEventListener('change', () => {
+  if (!online) return;
+  try {
+    pb.setCalleePresence(online.name, ui.dnd.checked ? 'dnd' : 'available');
+  } catch (err) {
+    setReachableStatus(err.message, 'error');
+  }
+});
+
+// Leaving the page should hang up at once rather than leave the other end waiting for ICE
 // to time out.
-addEventListener('pagehide', () => call?.end());
+addEventListener('pagehide', () => {
+  if (ringing) declineQuietly(ringing, 'Not available');
+  call?.end();
+});

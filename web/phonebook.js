@@ -1,16 +1,23 @@
 // peercam's browser client for the phonebook protocol (docs/protocol.md, version 1).
 //
-// The API follows deepstream's WebRTC API: a Phonebook lists callees and makes calls; a
-// Call walks INITIAL → CONNECTING → RINGING → ACCEPTED → ESTABLISHED and ends in ENDED,
-// DECLINED or ERROR. The phonebook only relays signalling: media flows peer to peer, so
-// an established call survives the WebSocket going away.
+// The API follows deepstream's WebRTC API: a Phonebook lists callees, makes calls and
+// registers this page as a callee; a Call walks INITIAL → CONNECTING → RINGING → ACCEPTED →
+// ESTABLISHED (an incoming call starts at RINGING) and ends in ENDED, DECLINED or ERROR.
+// The phonebook only relays signalling: media and the `peercam` data channel flow peer to
+// peer, so an established call survives the WebSocket going away.
 
 const PROTOCOL_VERSION = 1;
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 10_000;
 // A socket that never gets to `welcome` is as good as dead; don't wait on it forever.
 const WELCOME_TIMEOUT_MS = 10_000;
+// After a reconnect the server may not have noticed yet that our old socket is gone, and
+// still hold our names: a re-registration refused as taken is tried again a few times.
+const REREGISTER_RETRIES = 5;
+const REREGISTER_DELAY_MS = 2_000;
 const TERMINAL = new Set(['ENDED', 'DECLINED', 'ERROR']);
+/** The label of the data channel every call carries (created by the caller). */
+export const DATA_CHANNEL_LABEL = 'peercam';
 
 /** A minimal event emitter: `on(event, fn)`, `off(event, fn)`. */
 class Emitter {
@@ -46,6 +53,14 @@ function defaultUrl() {
   return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
 }
 
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function protocolError(message, code) {
+  return Object.assign(new Error(message), { code });
+}
+
 /** A connection to a peercam phonebook; reconnects by itself until `close()`. */
 export class Phonebook extends Emitter {
   /** Connects to `url` (default: `/ws` on this page's host); `options.agent` names the client in the server's logs. */
@@ -68,6 +83,12 @@ export class Phonebook extends Emitter {
     this._calleeListener = null;
     this._callees = new Map();
     this._openWaiters = new Set();
+    // The names this page wants to be reachable under: name → {meta, callback, presence,
+    // confirmed, retries, waiters}. They are registered again on every new connection.
+    this._registrations = new Map();
+    // Names whose `register` went out on this socket and awaits `registered` or an error.
+    // The server answers in order, and name errors carry no name, hence a queue.
+    this._pendingRegisters = [];
     // Deferred so that handlers attached right after construction see 'connecting'.
     queueMicrotask(() => {
       this._emit('connection', this.connectionState);
@@ -97,11 +118,69 @@ export class Phonebook extends Emitter {
     return call;
   }
 
+  /**
+   * Makes this page reachable as `name`, shown to everyone with `meta` (a plain object).
+   * Every incoming call for it is handed to `callback(call, metaData)` already RINGING;
+   * answer with `call.accept(localStream)` or `call.decline(reason)`. Resolves with the
+   * name once the phonebook confirms; rejects with an Error whose `code` is `name_taken`
+   * or `invalid_name`. The name is registered again whenever the phonebook reconnects;
+   * if that fails for good, a `registrationLost` event carries `(name, error)`. Calling it
+   * again for a name already held updates its meta and callback.
+   */
+  registerCallee(name, meta, callback) {
+    if (typeof name !== 'string') throw new TypeError('the callee name must be a string');
+    if (meta === undefined || meta === null) meta = {};
+    if (!isPlainObject(meta)) throw new TypeError('the callee meta must be a plain object');
+    if (typeof callback !== 'function') throw new TypeError('registerCallee needs a callback for incoming calls');
+    if (this._stopped) return Promise.reject(protocolError('the phonebook is closed', 'closed'));
+    return new Promise((resolve, reject) => {
+      const reg = this._registrations.get(name)
+        ?? { name, presence: 'available', confirmed: false, retries: 0, waiters: [] };
+      reg.meta = meta;
+      reg.callback = callback;
+      reg.waiters.push({ resolve, reject });
+      this._registrations.set(name, reg);
+      // When not connected, `welcome` registers every name.
+      this._sendRegister(reg);
+    });
+  }
+
+  /** Stops being reachable as `name`. Calls already ringing or running under it go on. */
+  unregisterCallee(name) {
+    const reg = this._registrations.get(name);
+    if (!reg) return;
+    this._registrations.delete(name);
+    for (const { reject } of reg.waiters.splice(0)) {
+      reject(protocolError(`stopped registering "${name}"`, 'unregistered'));
+    }
+    this._send({ type: 'unregister', name });
+  }
+
+  /**
+   * Sets a registered name's presence to `dnd` (do not disturb) or back to `available`.
+   * Calls still ring through: it is for the callback to decline them. Kept across
+   * reconnects.
+   */
+  setCalleePresence(name, presence) {
+    if (presence !== 'available' && presence !== 'dnd') {
+      throw new RangeError(`a callee can only set its presence to available or dnd, not ${presence}`);
+    }
+    const reg = this._registrations.get(name);
+    if (!reg) throw new Error(`"${name}" is not registered by this page`);
+    reg.presence = presence;
+    // An unconfirmed name gets its presence sent once `registered` arrives.
+    if (reg.confirmed) this._send({ type: 'set_presence', name, presence });
+  }
+
   /** Ends every call, closes the socket and stops reconnecting. */
   close() {
     this._stopped = true;
     clearTimeout(this._retryTimer);
     for (const call of [...this._calls.values()]) call.end();
+    for (const reg of this._registrations.values()) {
+      for (const { reject } of reg.waiters.splice(0)) reject(protocolError('the phonebook is closed', 'closed'));
+    }
+    this._registrations.clear();
     this._ws?.close();
     this._dropSocket();
   }
@@ -133,6 +212,8 @@ export class Phonebook extends Emitter {
   _dropSocket() {
     clearTimeout(this._welcomeTimer);
     this._ws = null;
+    this._pendingRegisters = [];
+    for (const reg of this._registrations.values()) reg.confirmed = false;
     // Media is peer to peer, so established calls go on; the rest cannot progress
     // without the phonebook relaying the answer.
     for (const call of [...this._calls.values()]) {
@@ -168,6 +249,10 @@ export class Phonebook extends Emitter {
     return true;
   }
 
+  _sendRegister(reg) {
+    if (this._send({ type: 'register', name: reg.name, meta: reg.meta })) this._pendingRegisters.push(reg.name);
+  }
+
   _handle(msg) {
     switch (msg.type) {
       case 'welcome':
@@ -176,9 +261,12 @@ export class Phonebook extends Emitter {
         this._attempt = 0;
         this._generation++;
         this._setConnectionState('open');
-        // The server forgot our subscription with the old socket.
+        // The server forgot our subscription and our names with the old socket.
         if (this._calleeListener) this._send({ type: 'listen' });
+        for (const reg of this._registrations.values()) this._sendRegister(reg);
         return;
+      case 'registered':
+        return this._onRegistered(msg.name);
       case 'callees':
         this._callees = new Map((msg.callees ?? []).map(c => [c.name, c]));
         return this._publishCallees();
@@ -189,10 +277,15 @@ export class Phonebook extends Emitter {
       case 'callee_removed':
         this._callees.delete(msg.name);
         return this._publishCallees();
+      case 'incoming_call':
+        return this._onIncomingCall(msg);
       case 'error':
         if (msg.call_id !== undefined) return this._calls.get(msg.call_id)?._handle(msg);
+        if ((msg.code === 'name_taken' || msg.code === 'invalid_name') && this._pendingRegisters.length) {
+          return this._onRegisterRefused(this._pendingRegisters.shift(), protocolError(msg.message, msg.code));
+        }
         console.warn(`peercam: phonebook error ${msg.code}: ${msg.message}`);
-        this._emit('error', Object.assign(new Error(msg.message), { code: msg.code }));
+        this._emit('error', protocolError(msg.message, msg.code));
         return;
       default:
         // ringing, accepted, declined, candidate, hangup. Messages about calls we no
@@ -201,35 +294,186 @@ export class Phonebook extends Emitter {
     }
   }
 
+  _onRegistered(name) {
+    const index = this._pendingRegisters.indexOf(name);
+    if (index >= 0) this._pendingRegisters.splice(index, 1);
+    const reg = this._registrations.get(name);
+    if (!reg) return; // given up meanwhile; its `unregister` is on the way
+    reg.confirmed = true;
+    reg.retries = 0;
+    if (reg.presence !== 'available') this._send({ type: 'set_presence', name, presence: reg.presence });
+    for (const { resolve } of reg.waiters.splice(0)) resolve(name);
+    this._emit('registered', name);
+  }
+
+  _onRegisterRefused(name, err) {
+    err.callee = name;
+    const reg = this._registrations.get(name);
+    if (!reg) return;
+    if (reg.waiters.length) {
+      // Somebody asked for this name just now: they get the refusal.
+      this._registrations.delete(name);
+      for (const { reject } of reg.waiters.splice(0)) reject(err);
+      return;
+    }
+    // A name we held before a reconnect.
+    if (err.code === 'name_taken' && reg.retries < REREGISTER_RETRIES) {
+      reg.retries++;
+      const generation = this._generation;
+      setTimeout(() => {
+        if (this._registrations.get(name) === reg && this._generation === generation && !reg.confirmed) this._sendRegister(reg);
+      }, REREGISTER_DELAY_MS);
+      return;
+    }
+    this._registrations.delete(name);
+    console.warn(`peercam: lost the name "${name}": ${err.message}`);
+    this._emit('registrationLost', name, err);
+  }
+
+  _onIncomingCall(msg) {
+    const reg = this._registrations.get(msg.callee);
+    if (typeof msg.call_id !== 'string' || this._calls.has(msg.call_id)) return;
+    if (!reg) {
+      // A call for a name we gave up a moment ago: say so rather than let it ring out.
+      this._send({ type: 'decline', call_id: msg.call_id, reason: 'not available' });
+      return;
+    }
+    const meta = isPlainObject(msg.meta) ? msg.meta : {};
+    const call = new Call(this, msg.callee, meta, null, { id: msg.call_id, sdp: msg.sdp });
+    this._calls.set(call.id, call);
+    call._ring();
+    try {
+      reg.callback(call, meta);
+    } catch (err) {
+      console.error('peercam: the incoming call handler failed', err);
+    }
+  }
+
   _publishCallees() {
     this._calleeListener?.([...this._callees.values()]);
   }
 }
 
-/** One outgoing call; get it from `Phonebook.makeCall`. */
+/**
+ * One call, outgoing (from `Phonebook.makeCall`) or incoming (handed to a
+ * `registerCallee` callback, `isIncoming === true`).
+ *
+ * Events: `stateChange(state)`, `established(remoteStream)`, `declined(reason)`,
+ * `ended(reason)`, `error(err)`, `dataopen()` once the `peercam` data channel opens and
+ * `data(text)` for each message received on it.
+ */
 export class Call extends Emitter {
-  constructor(phonebook, callee, metaData, localStream) {
+  constructor(phonebook, callee, metaData, localStream, incoming = null) {
     super();
-    this.id = randomCallId();
+    this.isIncoming = incoming !== null;
+    this.id = incoming?.id ?? randomCallId();
+    /** The name called (for an incoming call: which of this page's names). */
     this.callee = callee;
+    /** Outgoing: the meta sent to the callee. Incoming: the caller's meta (e.g. `callerName`). */
     this.metaData = metaData;
     this.state = 'INITIAL';
     this.peerConnection = null;
-    /** Every remote track lands in this one stream, whatever msid the callee used. */
+    /** Every remote track lands in this one stream, whatever msid the other end used. */
     this.remoteStream = null;
+    /** The `peercam` data channel (null until created or received). */
+    this.dataChannel = null;
+    /** Whether `send()` can be used now. */
+    this.dataChannelOpen = false;
     this._phonebook = phonebook;
     this._localStream = localStream;
-    this._generation = 0;
-    this._callSent = false;
+    this._offer = incoming?.sdp ?? null;
+    // Whether the server knows this call, so messages about it may go out; an incoming
+    // call is known from the start, on the connection it arrived on.
+    this._announced = this.isIncoming;
+    this._generation = this.isIncoming ? phonebook._generation : 0;
+    this._answering = false;
     this._localCandidates = [];
+    // Remote candidates wait for the remote description, then are added in order.
     this._remoteCandidates = [];
+    this._remoteReady = false;
+    this._draining = false;
+  }
+
+  /**
+   * Answers an incoming RINGING call, sending `localStream`'s tracks where the caller's
+   * offer has room for them. Throws at once if the call cannot be accepted (not incoming,
+   * declined, ended, already accepted). Returns a Promise that settles once the answer is
+   * out; a failure after that point ends the call in ERROR with an `error` event.
+   */
+  accept(localStream = null) {
+    if (!this.isIncoming) throw new Error('only an incoming call can be accepted');
+    if (this._answering || this.state !== 'RINGING') {
+      throw new Error(`cannot accept a call that is ${this._answering ? 'already being accepted' : this.state}`);
+    }
+    this._answering = true;
+    this._localStream = localStream;
+    return this._answer();
+  }
+
+  /** Declines an incoming RINGING call; the caller sees `reason`. Throws if it cannot. */
+  decline(reason = 'Declined') {
+    if (!this.isIncoming) throw new Error('only an incoming call can be declined; use end()');
+    if (this._answering || this.state !== 'RINGING') {
+      throw new Error(`cannot decline a call that is ${this._answering ? 'being accepted' : this.state}`);
+    }
+    reason = String(reason);
+    this._sendToPeer({ type: 'decline', call_id: this.id, reason });
+    this._finish('DECLINED', 'declined', reason);
   }
 
   /** Hangs up (or cancels while it rings) and closes the peer connection. */
   end() {
     if (TERMINAL.has(this.state)) return;
-    this._sendToPeer({ type: 'hangup', call_id: this.id, reason: 'caller hung up' });
-    this._finish('ENDED', 'ended', 'caller hung up');
+    const reason = this.isIncoming ? 'callee hung up' : 'caller hung up';
+    this._sendToPeer({ type: 'hangup', call_id: this.id, reason });
+    this._finish('ENDED', 'ended', reason);
+  }
+
+  /** Sends a text message on the call's `peercam` data channel; throws if it is not open. */
+  send(data) {
+    if (typeof data !== 'string') throw new TypeError('call.send() sends a string');
+    const channel = this.dataChannel;
+    if (!channel || channel.readyState !== 'open') {
+      throw new Error(`the call's data channel is not open (${channel ? channel.readyState : 'not created yet'}); wait for the 'dataopen' event`);
+    }
+    channel.send(data);
+  }
+
+  _createPeerConnection() {
+    const pc = new RTCPeerConnection({ iceServers: this._phonebook.iceServers });
+    this.peerConnection = pc;
+    this.remoteStream = new MediaStream();
+    pc.onicecandidate = event => this._onLocalCandidate(event.candidate);
+    pc.ontrack = event => {
+      if (!this.remoteStream.getTrackById(event.track.id)) this.remoteStream.addTrack(event.track);
+      this._maybeEstablished();
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed') this._finish('ENDED', 'ended', 'connection lost');
+      else this._maybeEstablished();
+    };
+    pc.ondatachannel = event => {
+      if (event.channel.label === DATA_CHANNEL_LABEL && !this.dataChannel) this._attachDataChannel(event.channel);
+    };
+    return pc;
+  }
+
+  _attachDataChannel(channel) {
+    this.dataChannel = channel;
+    channel.binaryType = 'arraybuffer';
+    const opened = () => {
+      if (this.dataChannelOpen || TERMINAL.has(this.state)) return;
+      this.dataChannelOpen = true;
+      this._emit('dataopen');
+    };
+    channel.onopen = opened;
+    channel.onclose = () => { this.dataChannelOpen = false; };
+    channel.onmessage = event => {
+      const text = typeof event.data === 'string' ? event.data : new TextDecoder().decode(event.data);
+      this._emit('data', text);
+    };
+    // A channel handed over by `datachannel` may already be open.
+    if (channel.readyState === 'open') queueMicrotask(opened);
   }
 
   async _start() {
@@ -244,22 +488,12 @@ export class Call extends Emitter {
       await pb._whenOpen();
       if (TERMINAL.has(this.state)) return;
 
-      const pc = new RTCPeerConnection({ iceServers: pb.iceServers });
-      this.peerConnection = pc;
-      this.remoteStream = new MediaStream();
-      pc.onicecandidate = event => this._onLocalCandidate(event.candidate);
-      pc.ontrack = event => {
-        this.remoteStream.addTrack(event.track);
-        this._maybeEstablished();
-      };
-      pc.onconnectionstatechange = () => {
-        if (pc.connectionState === 'failed') this._finish('ENDED', 'ended', 'connection lost');
-        else this._maybeEstablished();
-      };
-
+      const pc = this._createPeerConnection();
+      // Created before the offer so the offer negotiates it: one reliable, ordered channel.
+      this._attachDataChannel(pc.createDataChannel(DATA_CHANNEL_LABEL));
       const tracks = this._localStream?.getTracks() ?? [];
       for (const track of tracks) pc.addTrack(track, this._localStream);
-      // We always want the camera's picture and sound, even when sending nothing or
+      // We always want the other end's picture and sound, even when sending nothing or
       // only a microphone; the callee rejects what it cannot send.
       for (const kind of ['video', 'audio']) {
         if (!tracks.some(t => t.kind === kind)) pc.addTransceiver(kind, { direction: 'recvonly' });
@@ -272,7 +506,7 @@ export class Call extends Emitter {
         type: 'call', call_id: this.id, callee: this.callee, meta: this.metaData, sdp: pc.localDescription.sdp,
       });
       if (!sent) return this._finish('ENDED', 'ended', 'phonebook connection lost');
-      this._callSent = true;
+      this._announced = true;
       // The server only relays candidates for a call it knows, so those gathered
       // while the offer was made wait until `call` is out.
       for (const candidate of this._localCandidates.splice(0)) this._sendCandidate(candidate);
@@ -281,12 +515,54 @@ export class Call extends Emitter {
     }
   }
 
+  /** An incoming call starts ringing: tell the caller at once. */
+  _ring() {
+    this._setState('RINGING');
+    this._sendToPeer({ type: 'ringing', call_id: this.id });
+  }
+
+  async _answer() {
+    try {
+      const pc = this._createPeerConnection();
+      await pc.setRemoteDescription({ type: 'offer', sdp: this._offer });
+      if (TERMINAL.has(this.state)) return;
+      this._remoteReady = true;
+      this._drainRemoteCandidates();
+
+      // Send on the m-lines the offer made (the transceivers it created), one local track
+      // per m-line of its kind; m-lines we have nothing for stay receive-only.
+      const unused = [...(this._localStream?.getTracks() ?? [])];
+      for (const transceiver of pc.getTransceivers()) {
+        if (transceiver.stopped || transceiver.currentDirection === 'stopped') continue;
+        const index = unused.findIndex(t => t.kind === transceiver.receiver.track.kind);
+        if (index < 0) continue;
+        const [track] = unused.splice(index, 1);
+        transceiver.direction = 'sendrecv';
+        await transceiver.sender.replaceTrack(track);
+        transceiver.sender.setStreams?.(this._localStream);
+      }
+      if (unused.length) console.info(`peercam: the caller's offer has no room for our ${unused.map(t => t.kind).join(', ')}`);
+
+      await pc.setLocalDescription(await pc.createAnswer());
+      if (TERMINAL.has(this.state)) return;
+      if (!this._sendToPeer({ type: 'accept', call_id: this.id, sdp: pc.localDescription.sdp })) {
+        return this._finish('ENDED', 'ended', 'phonebook connection lost');
+      }
+      this._setState('ACCEPTED');
+      this._maybeEstablished();
+    } catch (err) {
+      this._fail(err);
+    } finally {
+      this._answering = false;
+    }
+  }
+
   _onLocalCandidate(candidate) {
     // Chrome reports the end of a generation as an empty candidate; the protocol's
     // end-of-candidates is the null that follows it.
     if (candidate && !candidate.candidate) return;
     const init = candidate ? candidate.toJSON() : null;
-    if (this._callSent) this._sendCandidate(init);
+    if (this._announced) this._sendCandidate(init);
     else this._localCandidates.push(init);
   }
 
@@ -294,9 +570,10 @@ export class Call extends Emitter {
     this._sendToPeer({ type: 'candidate', call_id: this.id, candidate });
   }
 
-  /** Sends only on the connection the call was placed on: a new one does not know it. */
+  /** Sends only on the connection the call was placed on: a new one does not know it. Returns whether it went out. */
   _sendToPeer(msg) {
-    if (this._callSent && this._generation === this._phonebook._generation) this._phonebook._send(msg);
+    if (!this._announced || this._generation !== this._phonebook._generation) return false;
+    return this._phonebook._send(msg);
   }
 
   async _handle(msg) {
@@ -304,30 +581,46 @@ export class Call extends Emitter {
     try {
       switch (msg.type) {
         case 'ringing':
-          if (this.state === 'CONNECTING') this._setState('RINGING');
+          if (!this.isIncoming && this.state === 'CONNECTING') this._setState('RINGING');
           return;
         case 'accepted': {
-          if (this.state !== 'CONNECTING' && this.state !== 'RINGING') return;
+          if (this.isIncoming || (this.state !== 'CONNECTING' && this.state !== 'RINGING')) return;
           await this.peerConnection.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
           if (TERMINAL.has(this.state)) return;
           this._setState('ACCEPTED');
-          for (const candidate of this._remoteCandidates.splice(0)) await this._addRemoteCandidate(candidate);
+          this._remoteReady = true;
+          this._drainRemoteCandidates();
           return this._maybeEstablished();
         }
         case 'candidate':
-          // The callee may trickle before it accepts; candidates need the answer first.
-          if (this.peerConnection?.remoteDescription) return this._addRemoteCandidate(msg.candidate);
-          this._remoteCandidates.push(msg.candidate);
+          // Either end may trickle before the other's description is set here (an
+          // incoming call's candidates can come before accept()): keep them until then.
+          this._remoteCandidates.push(msg.candidate ?? null);
+          if (this._remoteReady) this._drainRemoteCandidates();
           return;
         case 'declined':
-          return this._finish('DECLINED', 'declined', msg.reason);
+          if (!this.isIncoming) this._finish('DECLINED', 'declined', msg.reason);
+          return;
         case 'hangup':
           return this._finish('ENDED', 'ended', msg.reason);
         case 'error':
-          return this._finish('ERROR', 'error', Object.assign(new Error(msg.message), { code: msg.code }));
+          return this._finish('ERROR', 'error', protocolError(msg.message, msg.code));
       }
     } catch (err) {
       this._fail(err);
+    }
+  }
+
+  /** Adds the waiting remote candidates one at a time, in the order they came. */
+  async _drainRemoteCandidates() {
+    if (this._draining) return;
+    this._draining = true;
+    try {
+      while (this._remoteCandidates.length && !TERMINAL.has(this.state)) {
+        await this._addRemoteCandidate(this._remoteCandidates.shift());
+      }
+    } finally {
+      this._draining = false;
     }
   }
 
@@ -343,27 +636,32 @@ export class Call extends Emitter {
 
   _maybeEstablished() {
     const pc = this.peerConnection;
-    if (this.state !== 'ACCEPTED' || !this.remoteStream.getTracks().length) return;
-    // Tracks appear with the answer, before any packet flows: wait for the transport
-    // too, so 'established' means media can play.
+    if (this.state !== 'ACCEPTED' || !pc) return;
+    // Tracks appear with the descriptions, before any packet flows: wait for the
+    // transport too, so 'established' means media can play.
     const connected = pc.connectionState
       ? pc.connectionState === 'connected'
       : ['connected', 'completed'].includes(pc.iceConnectionState);
     if (!connected) return;
+    // And for the other end's media, if it sends any (a caller without a camera doesn't).
+    const receiving = pc.getTransceivers().some(t => t.currentDirection === 'sendrecv' || t.currentDirection === 'recvonly');
+    if (receiving && !this.remoteStream.getTracks().length) return;
     this._setState('ESTABLISHED');
     this._emit('established', this.remoteStream);
   }
 
   _fail(err) {
     if (TERMINAL.has(this.state)) return;
-    // Tell the callee, or its half of the call would linger until ICE times out.
-    this._sendToPeer({ type: 'hangup', call_id: this.id, reason: `caller failed: ${err.message}` });
+    // Tell the other end, or its half of the call would linger until ICE times out.
+    const who = this.isIncoming ? 'callee' : 'caller';
+    this._sendToPeer({ type: 'hangup', call_id: this.id, reason: `${who} failed: ${err.message}` });
     this._finish('ERROR', 'error', err);
   }
 
   _finish(state, event, detail) {
     if (TERMINAL.has(this.state)) return;
     this.peerConnection?.close();
+    this.dataChannelOpen = false;
     this._phonebook._calls.delete(this.id);
     this._setState(state);
     this._emit(event, detail);

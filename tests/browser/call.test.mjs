@@ -26,6 +26,8 @@ const CHROMIUM_ARGS = [
   // `.local` names, and a sandbox whose only interface is loopback can still connect.
   '--disable-features=WebRtcHideLocalIpsWithMdns',
   '--allow-loopback-in-peer-connection',
+  // The camera has a speaker: the page offers its (fake) microphone for the intercom.
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
 ];
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
@@ -71,7 +73,9 @@ describe('peercam in a real browser', () => {
     tmp = await mkdtemp(path.join(tmpdir(), 'peercam-browser-'));
     sock = path.join(tmp, 'control.sock');
 
-    daemon = spawn(BIN, ['run', '--board', 'dev', '--listen', '127.0.0.1:0', '--name', CALLEE, '--control', sock, '--no-terminal', '--set', 'ice.loopback=true', '--set', 'ice.interfaces=["lo"]'], {
+    daemon = spawn(BIN, ['run', '--board', 'dev', '--listen', '127.0.0.1:0', '--name', CALLEE, '--control', sock, '--no-terminal', '--set', 'ice.loopback=true', '--set', 'ice.interfaces=["lo"]',
+      // An intercom: a test tone as the camera's microphone, a fake sink as its speaker.
+      '--set', 'audio.microphone="test"', '--set', 'audio.speaker="fake"'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     daemon.stderr.setEncoding('utf8').on('data', chunk => daemonErr.push(chunk));
@@ -241,6 +245,37 @@ describe('peercam in a real browser', () => {
       await waitForVideo(page);
       assert.equal(await page.getAttribute('#call-state', 'data-state'), 'ESTABLISHED');
       assert.equal((await page.textContent('#call-state')).trim(), 'Connected');
+      // The camera talks over the call's `peercam` data channel: its {"event":"viewers",
+      // "count":1} shows in the message log, and text goes the other way.
+      try {
+        await page.waitForFunction(
+          () => [...document.querySelectorAll('#messages li')].some(li => li.textContent === '1 person watching'),
+          null, { timeout: 5_000 },
+        );
+      } catch {
+        const lines = await page.$$eval('#messages li', lis => lis.map(li => li.textContent));
+        assert.fail(`no "1 person watching" in #messages within 5 s of ESTABLISHED (from the camera's {"event":"viewers","count":1}); the log has ${JSON.stringify(lines)}`);
+      }
+      await page.fill('#message-input', 'hi camera');
+      await page.click('#message-send', { timeout: 5_000 });
+      const sent = await page.$$eval('#messages li', lis => lis.map(li => li.textContent));
+      assert.ok(sent.includes('You: hi camera') && !sent.some(line => line.startsWith('Not sent')), `sending "hi camera" failed; the log has ${JSON.stringify(sent)}`);
+      // Sound both ways: the camera's tone reaches the page, the page's microphone
+      // reaches the camera's speaker.
+      const audioIn = await page.evaluate(async () => {
+        let packets = 0;
+        (await window.peercamCall.peerConnection.getStats()).forEach(report => {
+          if (report.type === 'inbound-rtp' && report.kind === 'audio') packets += report.packetsReceived ?? 0;
+        });
+        return packets;
+      });
+      assert.ok(audioIn > 0, `no audio from the camera reached the page (${audioIn} packets)`);
+      const played = await new Promise(resolve => {
+        execFile(BIN, ['status', '--control', sock], { timeout: 10_000 }, (err, stdout) => {
+          resolve(err ? -1 : JSON.parse(stdout).calls?.[0]?.played_audio_buffers ?? 0);
+        });
+      });
+      assert.ok(played > 0, `the camera's speaker played nothing from the page's microphone (${played})`);
       await page.click('#hangup');
       await waitForState(page, 'ENDED', 10_000);
       assert.equal((await page.textContent('#call-state')).trim(), 'Ended: caller hung up');
