@@ -10,7 +10,12 @@ PEERCAM_RUN_PACKAGES=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools
+  gstreamer1.0-x gstreamer1.0-alsa
 )
+# A Raspberry Pi's camera module goes through libcamera.
+if grep -qs "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then
+  PEERCAM_RUN_PACKAGES+=(gstreamer1.0-libcamera)
+fi
 # More for the test suite: a headless browser and Node for playwright-core.
 PEERCAM_TEST_PACKAGES=(chromium nodejs npm)
 
