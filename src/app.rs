@@ -20,6 +20,7 @@ use crate::media::fanout::{BitrateSettings, Feed, Retune};
 use crate::media::{self, audio, encode, pipeline};
 use crate::rtc::{Feeds, MediaCaps};
 use crate::signalling::server::PhonebookServer;
+use crate::systemd::Notifier;
 
 /// Options of `peercam run` that are not settings.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +134,7 @@ pub async fn run(
             caps,
             indicators,
             interactive,
+            notifier: Notifier::from_env(),
         },
         command_rx,
         shutdown.clone(),
@@ -198,8 +200,13 @@ pub async fn run_phonebook(
     settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut notifier = Notifier::from_env();
+    let stopping = shutdown.clone();
     let (addr, task) = start_phonebook(listen, settings.ice.servers.clone(), shutdown).await?;
     println!("peercam phonebook: open {} in a browser", page_url(addr));
+    notifier.ready(&format!("phonebook listening on {addr}"));
+    stopping.cancelled().await;
+    notifier.stopping("closing connections");
     task.await.context("the phonebook server stopped")?;
     Ok(())
 }

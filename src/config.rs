@@ -405,19 +405,42 @@ impl Settings {
         site: Option<&Path>,
         overrides: toml::Table,
     ) -> anyhow::Result<Settings> {
-        let mut merged = read_board(board)?;
-        if let Some(path) = site {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the config file {}", path.display()))?;
-            let table: toml::Table = toml::from_str(&text)
-                .with_context(|| format!("{} is not valid TOML", path.display()))?;
-            merge(&mut merged, table);
-        }
+        Settings::load_for(Some(board), site, overrides)
+    }
+
+    /// Like [`Settings::load`], where the board comes from `board` if given, else from
+    /// the site config's top-level `board = "…"` key, else is `dev`: the way a service
+    /// picks its board in /etc/peercam/peercam.toml.
+    pub fn load_for(
+        board: Option<&str>,
+        site: Option<&Path>,
+        overrides: toml::Table,
+    ) -> anyhow::Result<Settings> {
+        let mut site_table = match site {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("{} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let site_board = match site_table.remove("board") {
+            Some(toml::Value::String(name)) => Some(name),
+            Some(other) => bail!("board in the config file must be a string, not {other}"),
+            None => None,
+        };
+        let board = board
+            .map(str::to_owned)
+            .or(site_board)
+            .unwrap_or_else(|| "dev".into());
+        let mut merged = read_board(&board)?;
+        merge(&mut merged, site_table);
         merge(&mut merged, overrides);
         let mut settings: Settings = toml::Value::Table(merged)
             .try_into()
             .context("invalid settings")?;
-        settings.board = board.to_owned();
+        settings.board = board;
         settings.validate()?;
         Ok(settings)
     }
@@ -531,6 +554,20 @@ mod tests {
         assert_eq!(s.video.height, 720);
         assert_eq!(s.call.answer, AnswerPolicy::Auto);
         assert_eq!(s.name(), "porch");
+    }
+
+    #[test]
+    fn the_site_config_picks_the_board_unless_the_command_line_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("peercam.toml");
+        std::fs::write(&site, "board = \"rpi4\"\n[call]\nring_timeout_secs = 9\n").unwrap();
+        let s = Settings::load_for(None, Some(&site), toml::Table::new()).unwrap();
+        assert_eq!(s.board, "rpi4");
+        assert_eq!(s.call.ring_timeout_secs, 9);
+        let s = Settings::load_for(Some("dev"), Some(&site), toml::Table::new()).unwrap();
+        assert_eq!(s.board, "dev");
+        let s = Settings::load_for(None, None, toml::Table::new()).unwrap();
+        assert_eq!(s.board, "dev");
     }
 
     #[test]

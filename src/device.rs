@@ -19,6 +19,7 @@ use crate::gpio::{Command, CommandKind, Indicators, Levels, Press, indicator_lev
 use crate::rtc::{CallPeer, Feeds, MediaCaps, PeerEvent, RtcEngine};
 use crate::signalling::client::{self, ClientEvent, Registration};
 use crate::signalling::protocol::{ClientMessage, IceCandidate, Presence, ServerMessage};
+use crate::systemd::Notifier;
 
 /// Candidates kept for a call that has not been accepted yet.
 const MAX_EARLY_CANDIDATES: usize = 64;
@@ -57,6 +58,8 @@ pub struct Device {
     levels: Levels,
     ringing_since: Option<Instant>,
     viewers_announced: usize,
+    notifier: Notifier,
+    ever_registered: bool,
 }
 
 /// The metadata the device registers with.
@@ -88,6 +91,8 @@ pub struct DeviceParts {
     pub indicators: Box<dyn Indicators>,
     /// Whether a person watches the terminal (messages are printed there).
     pub interactive: bool,
+    /// The service manager, told about readiness, status and health.
+    pub notifier: Notifier,
 }
 
 /// Runs the device until `shutdown`: registers on the phonebook, answers calls with the
@@ -105,6 +110,7 @@ pub async fn run(
         caps,
         indicators,
         interactive,
+        notifier,
     } = parts;
     if settings.call.answer == AnswerPolicy::Auto {
         warn!(
@@ -148,6 +154,8 @@ pub async fn run(
         levels: Levels::default(),
         ringing_since: None,
         viewers_announced: 0,
+        notifier,
+        ever_registered: false,
     };
     device.show_indicators();
     let mut tick = tokio::time::interval(TICK);
@@ -163,6 +171,9 @@ pub async fn run(
     }
 
     info!("shutting down: ending every call");
+    device
+        .notifier
+        .stopping(&format!("ending {} call(s)", device.calls.len()));
     device.broadcast(&json!({"event": "shutting_down"})).await;
     for call in device.calls.values() {
         if let Some(peer) = &call.peer {
@@ -192,6 +203,14 @@ impl Device {
         match event {
             ClientEvent::Registered => {
                 self.registered = true;
+                let status = self.status_line();
+                if self.ever_registered {
+                    self.notifier.status(&status);
+                } else {
+                    // The camera's elements and encoder were checked before we got here.
+                    self.notifier.ready(&status);
+                    self.ever_registered = true;
+                }
                 if self.dnd {
                     // A restarted phonebook forgot it.
                     self.send(ClientMessage::SetPresence {
@@ -206,6 +225,8 @@ impl Device {
                     warn!(%why, "lost the phonebook; reconnecting");
                 }
                 self.registered = false;
+                self.notifier
+                    .status(&format!("phonebook unreachable ({why}); reconnecting"));
                 // Calls still being set up need the phonebook; established ones are peer
                 // to peer and go on.
                 let waiting: Vec<String> = self
@@ -434,6 +455,7 @@ impl Device {
     }
 
     async fn on_tick(&mut self) {
+        self.notifier.watchdog(Instant::now());
         self.show_indicators();
         let now = Instant::now();
         let due: Vec<String> = self
@@ -484,9 +506,20 @@ impl Device {
         let watching = self.watching();
         if watching != self.viewers_announced {
             self.viewers_announced = watching;
+            self.notifier.status(&self.status_line());
             self.broadcast(&json!({"event": "viewers", "count": watching}))
                 .await;
         }
+    }
+
+    /// One line for `systemctl status`.
+    fn status_line(&self) -> String {
+        let watching = self.watching();
+        format!(
+            "registered as {:?}, {watching} viewer{}",
+            self.name,
+            if watching == 1 { "" } else { "s" }
+        )
     }
 
     /// Calls in which media flows.

@@ -23,4 +23,5 @@ pub mod gpio;
 pub mod media;
 pub mod rtc;
 pub mod signalling;
+pub mod systemd;
 pub mod web;

@@ -19,8 +19,17 @@ const SITE_CONFIG: &str = "/etc/peercam/peercam.toml";
 #[derive(Parser)]
 #[command(version, about = "A WebRTC camera peer for single-board computers")]
 struct Cli {
+    /// Log lines as readable text (the journal shows them as they are) or as JSON objects.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -83,9 +92,10 @@ enum Button {
 
 #[derive(clap::Args)]
 struct SettingsArgs {
-    /// Board profile: a built-in name (see `peercam boards`) or a .toml file.
-    #[arg(long, default_value = "dev")]
-    board: String,
+    /// Board profile: a built-in name (see `peercam boards`) or a .toml file
+    /// [default: the config file's `board`, else dev].
+    #[arg(long)]
+    board: Option<String>,
     /// Site config overriding the board profile (default: /etc/peercam/peercam.toml if present).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -120,14 +130,26 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into()
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            // Under systemd the journal stamps each line itself.
+            let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+            let logs = logs.with_ansi(terminal);
+            if journal {
+                logs.without_time().init()
+            } else {
+                logs.init()
+            }
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -237,7 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(settings) => settings,
                 Err(err) if json => {
                     let report = check::CheckReport {
-                        board: settings.board.clone(),
+                        board: settings.board.clone().unwrap_or_else(|| "dev".into()),
                         error: Some(format!("{err:#}")),
                         ..Default::default()
                     };
@@ -283,7 +305,7 @@ fn load(args: &SettingsArgs, overrides: toml::Table) -> anyhow::Result<Settings>
             .exists()
             .then(|| PathBuf::from(SITE_CONFIG))
     });
-    Settings::load(&args.board, site.as_deref(), overrides)
+    Settings::load_for(args.board.as_deref(), site.as_deref(), overrides)
 }
 
 /// Turns `--set a.b=value` pairs into a table; values are TOML (`640`, `true`,

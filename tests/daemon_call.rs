@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{Daemon, caller_engine, decode};
 use peercam::rtc::{Caller, CallerEvent};
 use serde_json::json;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_call_delivers_decodable_720p_video() {
@@ -34,10 +35,7 @@ async fn accepted_call_delivers_decodable_720p_video() {
     let reply = tokio::task::block_in_place(|| daemon.control("accept")).expect("accept");
     assert!(reply.contains("Ray"), "{reply}");
     let track = call
-        .wait_for(Duration::from_secs(10), |e| match e {
-            CallerEvent::Track(t) => Some(t.clone()),
-            _ => None,
-        })
+        .track(RTPCodecType::Video, Duration::from_secs(10))
         .await
         .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
     let decoded = decode(track, 30, Duration::from_secs(10)).await;
@@ -71,10 +69,7 @@ async fn a_second_viewer_shares_the_encoder_and_gets_a_keyframe_at_once() {
     .await
     .unwrap();
     let track = first
-        .wait_for(Duration::from_secs(10), |e| match e {
-            CallerEvent::Track(t) => Some(t.clone()),
-            _ => None,
-        })
+        .track(RTPCodecType::Video, Duration::from_secs(10))
         .await
         .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
     let first_viewer = tokio::spawn(decode(track, 90, Duration::from_secs(10)));
@@ -92,10 +87,7 @@ async fn a_second_viewer_shares_the_encoder_and_gets_a_keyframe_at_once() {
     .await
     .unwrap();
     let track = second
-        .wait_for(Duration::from_secs(10), |e| match e {
-            CallerEvent::Track(t) => Some(t.clone()),
-            _ => None,
-        })
+        .track(RTPCodecType::Video, Duration::from_secs(10))
         .await
         .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
     let late = decode(track, 30, Duration::from_secs(10)).await;
@@ -152,10 +144,7 @@ async fn camera_re_registers_after_the_phonebook_restarts() {
         .await
         .unwrap();
     let track = call
-        .wait_for(Duration::from_secs(10), |e| match e {
-            CallerEvent::Track(t) => Some(t.clone()),
-            _ => None,
-        })
+        .track(RTPCodecType::Video, Duration::from_secs(10))
         .await
         .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
     let decoded = decode(track, 10, Duration::from_secs(10)).await;

@@ -17,7 +17,7 @@ if grep -qs "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then
   PEERCAM_RUN_PACKAGES+=(gstreamer1.0-libcamera)
 fi
 # More for the test suite: a headless browser and Node for playwright-core.
-PEERCAM_TEST_PACKAGES=(chromium nodejs npm)
+PEERCAM_TEST_PACKAGES=(chromium nodejs npm systemd)
 
 peercam_need_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then

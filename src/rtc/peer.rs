@@ -117,39 +117,55 @@ pub struct RtcEngine {
 }
 
 impl RtcEngine {
-    /// Builds the engine: our codecs, NACK and RTCP reports, DTLS server role on
-    /// answers, and the ICE settings.
+    /// Builds the device's engine: our codecs (VP8 only if the board can send it), NACK
+    /// and RTCP reports, the DTLS server role on answers, and the ICE settings.
     pub fn new(ice: &IceSettings, caps: MediaCaps) -> anyhow::Result<Self> {
-        let mut media = MediaEngine::default();
-        let fmtps = h264_fmtps(&caps.h264_profile_level_id);
-        for (payload_type, fmtp) in &fmtps {
-            media.register_codec(
-                RTCRtpCodecParameters {
-                    capability: video_capability(MIME_TYPE_H264, fmtp),
-                    payload_type: *payload_type,
-                    ..Default::default()
-                },
-                RTPCodecType::Video,
-            )?;
-        }
+        let mut codecs = vec![Codec::H264, Codec::Opus];
         if caps.vp8 {
-            media.register_codec(
-                RTCRtpCodecParameters {
-                    capability: video_capability(MIME_TYPE_VP8, ""),
-                    payload_type: VP8_PAYLOAD_TYPE,
-                    ..Default::default()
-                },
-                RTPCodecType::Video,
-            )?;
+            codecs.push(Codec::Vp8);
         }
-        media.register_codec(
-            RTCRtpCodecParameters {
-                capability: opus_capability(),
-                payload_type: OPUS_PAYLOAD_TYPE,
-                ..Default::default()
-            },
-            RTPCodecType::Audio,
-        )?;
+        RtcEngine::build(ice, &codecs, &caps.h264_profile_level_id, true)
+    }
+
+    /// An engine for a caller that offers only `codecs` (to act like a browser that
+    /// lacks some), with NACK and RTCP reports.
+    pub fn caller(ice: &IceSettings, codecs: &[Codec]) -> anyhow::Result<Self> {
+        RtcEngine::build(ice, codecs, "42e01f", false)
+    }
+
+    fn build(
+        ice: &IceSettings,
+        codecs: &[Codec],
+        h264_profile_level_id: &str,
+        answering_server: bool,
+    ) -> anyhow::Result<Self> {
+        let mut media = MediaEngine::default();
+        let fmtps = h264_fmtps(h264_profile_level_id);
+        for codec in codecs {
+            let registrations = match codec {
+                Codec::H264 => fmtps
+                    .iter()
+                    .map(|(pt, fmtp)| (*pt, video_capability(MIME_TYPE_H264, fmtp)))
+                    .collect(),
+                Codec::Vp8 => vec![(VP8_PAYLOAD_TYPE, video_capability(MIME_TYPE_VP8, ""))],
+                Codec::Opus => vec![(OPUS_PAYLOAD_TYPE, opus_capability())],
+            };
+            let kind = if *codec == Codec::Opus {
+                RTPCodecType::Audio
+            } else {
+                RTPCodecType::Video
+            };
+            for (payload_type, capability) in registrations {
+                media.register_codec(
+                    RTCRtpCodecParameters {
+                        capability,
+                        payload_type,
+                        ..Default::default()
+                    },
+                    kind,
+                )?;
+            }
+        }
         // No transport-wide congestion control: without it browsers send REMB, the
         // receiver's own estimate, which is what the encoder's bitrate follows.
         let mut registry = Registry::new();
@@ -157,12 +173,18 @@ impl RtcEngine {
         registry = webrtc::api::interceptor_registry::configure_rtcp_reports(registry);
 
         let mut setting = SettingEngine::default();
-        // As the DTLS server the device answers the browser's ClientHello at once,
-        // saving a round trip before the first picture.
-        setting.set_answering_dtls_role(DTLSRole::Server)?;
+        if answering_server {
+            // As the DTLS server the device answers the browser's ClientHello at once,
+            // saving a round trip before the first picture.
+            setting.set_answering_dtls_role(DTLSRole::Server)?;
+        }
         // Resolving a browser's .local candidates would send multicast queries; the
         // browser's own connectivity checks reveal its address anyway.
         setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // Candidates the other side's checks reveal before its trickled ones arrive
+        // (peer-reflexive) would otherwise wait a second before they may be chosen.
+        setting.set_host_acceptance_min_wait(Some(std::time::Duration::ZERO));
+        setting.set_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO));
         setting.set_include_loopback_candidate(ice.loopback);
         if !ice.interfaces.is_empty() {
             let allowed = ice.interfaces.clone();
@@ -189,66 +211,6 @@ impl RtcEngine {
             api,
             ice_servers,
             h264_fmtp: fmtps[0].1.clone(),
-        })
-    }
-
-    /// An engine for a caller that offers only `codecs` (to act like a browser that
-    /// lacks some), with NACK and RTCP reports.
-    pub fn caller(ice: &IceSettings, codecs: &[Codec]) -> anyhow::Result<Self> {
-        let mut media = MediaEngine::default();
-        for codec in codecs {
-            match codec {
-                Codec::H264 => {
-                    for (payload_type, fmtp) in &h264_fmtps("42e01f") {
-                        media.register_codec(
-                            RTCRtpCodecParameters {
-                                capability: video_capability(MIME_TYPE_H264, fmtp),
-                                payload_type: *payload_type,
-                                ..Default::default()
-                            },
-                            RTPCodecType::Video,
-                        )?;
-                    }
-                }
-                Codec::Vp8 => media.register_codec(
-                    RTCRtpCodecParameters {
-                        capability: video_capability(MIME_TYPE_VP8, ""),
-                        payload_type: VP8_PAYLOAD_TYPE,
-                        ..Default::default()
-                    },
-                    RTPCodecType::Video,
-                )?,
-                Codec::Opus => media.register_codec(
-                    RTCRtpCodecParameters {
-                        capability: opus_capability(),
-                        payload_type: OPUS_PAYLOAD_TYPE,
-                        ..Default::default()
-                    },
-                    RTPCodecType::Audio,
-                )?,
-            }
-        }
-        let mut registry = Registry::new();
-        registry = webrtc::api::interceptor_registry::configure_nack(registry, &mut media);
-        registry = webrtc::api::interceptor_registry::configure_rtcp_reports(registry);
-        let mut setting = SettingEngine::default();
-        setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-        setting.set_include_loopback_candidate(ice.loopback);
-        if !ice.interfaces.is_empty() {
-            let allowed = ice.interfaces.clone();
-            setting.set_interface_filter(Box::new(move |name: &str| {
-                allowed.iter().any(|a| a == name)
-            }));
-        }
-        let api = APIBuilder::new()
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .with_setting_engine(setting)
-            .build();
-        Ok(RtcEngine {
-            api,
-            ice_servers: Vec::new(),
-            h264_fmtp: h264_fmtps("42e01f")[0].1.clone(),
         })
     }
 
