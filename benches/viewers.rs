@@ -94,7 +94,7 @@ async fn main() {
             "--answer",
             "auto",
             "--set",
-            &format!("call.max_viewers={}", max.max(1)),
+            &format!("call.max_viewers={}", max + 2),
             "--set",
             "call.idle_stop_secs=0",
         ],
