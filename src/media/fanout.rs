@@ -354,14 +354,6 @@ impl Feed {
         self.inner.lock().running.is_some()
     }
 
-    /// Whether the pipeline offers `codec` (starting nothing: false when not running and
-    /// the description has no such sink).
-    pub fn offers(&self, codec: Codec) -> bool {
-        self.inner
-            .description
-            .contains(&format!("name={}", codec.sink_name()))
-    }
-
     /// The counters so far.
     pub fn stats(&self) -> FeedStats {
         let c = &self.inner.counters;

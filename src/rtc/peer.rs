@@ -114,6 +114,7 @@ pub struct RtcEngine {
     api: API,
     ice_servers: Vec<RTCIceServer>,
     h264_fmtp: String,
+    vp8: bool,
 }
 
 impl RtcEngine {
@@ -211,6 +212,7 @@ impl RtcEngine {
             api,
             ice_servers,
             h264_fmtp: fmtps[0].1.clone(),
+            vp8: codecs.contains(&Codec::Vp8),
         })
     }
 
@@ -340,7 +342,7 @@ impl CallPeer {
         let summary = check_offer(offer)?;
         let video_codec = if summary.h264 {
             Codec::H264
-        } else if summary.vp8 && feeds.video.offers(Codec::Vp8) {
+        } else if summary.vp8 && engine.vp8 {
             Codec::Vp8
         } else if summary.vp8 {
             bail!(
