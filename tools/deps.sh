@@ -49,7 +49,8 @@ peercam_apt_install() {
     command -v sudo >/dev/null 2>&1 || { echo "peercam: need root or sudo to install ${missing[*]}" >&2; exit 1; }
     sudo=(sudo)
   fi
-  "${sudo[@]}" apt-get update -qq
+  # A stale index elsewhere (a mirror mid-sync) should not stop the packages we need.
+  "${sudo[@]}" apt-get update -qq || echo "peercam: apt-get update reported errors; trying the install anyway" >&2
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
