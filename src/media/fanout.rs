@@ -107,9 +107,10 @@ pub struct BitrateController {
     last_change: Option<Instant>,
 }
 
-/// Share of the slowest estimate the encoder aims at, leaving room for RTP overhead and
-/// retransmissions.
-const HEADROOM: f64 = 0.85;
+/// Share of the slowest estimate the encoder aims at, leaving room for RTP overhead.
+/// Browsers' REMB tracks the rate they receive (and grows above it while the path is
+/// clear), so a larger margin would drag the bitrate down step after step.
+const HEADROOM: f64 = 0.95;
 /// Relative change below which the encoder is left alone.
 const HYSTERESIS: f64 = 1.0 / 6.0;
 /// Wait after a change before lowering again, and before raising.
@@ -183,6 +184,8 @@ pub struct FeedStats {
     pub bitrate_kbps: u64,
     /// Times the bitrate was changed to follow the viewers.
     pub bitrate_changes: u64,
+    /// Bandwidth estimates (REMB) received from viewers.
+    pub estimates: u64,
 }
 
 #[derive(Default)]
@@ -194,6 +197,7 @@ struct Counters {
     starts: AtomicU64,
     failures: AtomicU64,
     bitrate_changes: AtomicU64,
+    estimates: AtomicU64,
 }
 
 /// Retunes the running encoder to a bitrate in kbit/s.
@@ -372,6 +376,7 @@ impl Feed {
             failures: c.failures.load(Ordering::Relaxed),
             bitrate_kbps: bitrate,
             bitrate_changes: c.bitrate_changes.load(Ordering::Relaxed),
+            estimates: c.estimates.load(Ordering::Relaxed),
         }
     }
 
@@ -483,6 +488,9 @@ impl Inner {
     /// when the controller says so.
     fn estimate(&self, viewer: u64, bps: Option<u64>) {
         let mut state = self.lock();
+        if bps.is_some() {
+            self.counters.estimates.fetch_add(1, Ordering::Relaxed);
+        }
         match bps {
             Some(bps) => state.estimates.insert(viewer, bps),
             None => state.estimates.remove(&viewer),
@@ -753,10 +761,10 @@ mod tests {
         // Small moves are ignored.
         assert_eq!(b.update([2_200_000], t0), None);
         // The slowest of two viewers wins, with headroom.
-        assert_eq!(b.update([5_000_000, 1_000_000], t0), Some(850));
+        assert_eq!(b.update([5_000_000, 1_000_000], t0), Some(950));
         // Down again quickly is held for a moment, then allowed.
         assert_eq!(b.update([500_000], t0 + ms(100)), None);
-        assert_eq!(b.update([500_000], t0 + ms(600)), Some(425));
+        assert_eq!(b.update([500_000], t0 + ms(600)), Some(475));
         // Never under the minimum, never over the maximum.
         assert_eq!(b.update([10_000], t0 + ms(1200)), Some(300));
         assert_eq!(

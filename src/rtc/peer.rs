@@ -626,6 +626,7 @@ pub(super) async fn add_track(
                     debug!("viewer asked for a keyframe");
                     control.request_keyframe();
                 } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                    debug!(bps = remb.bitrate as u64, "viewer's bandwidth estimate");
                     control.report_estimate(remb.bitrate as u64);
                 }
             }

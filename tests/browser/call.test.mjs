@@ -92,12 +92,21 @@ describe('peercam in a real browser', () => {
         return packets;
       });
       assert.ok(audioIn > 0, `no audio from the camera reached the page (${audioIn} packets)`);
-      const played = await new Promise(resolve => {
+      const daemonStatus = () => new Promise(resolve => {
         execFile(BIN, ['status', '--control', sock], { timeout: 10_000 }, (err, stdout) => {
-          resolve(err ? -1 : JSON.parse(stdout).calls?.[0]?.played_audio_buffers ?? 0);
+          resolve(err ? {} : JSON.parse(stdout));
         });
       });
+      let status = await daemonStatus();
+      const played = status.calls?.[0]?.played_audio_buffers ?? 0;
       assert.ok(played > 0, `the camera's speaker played nothing from the page's microphone (${played})`);
+      // Chromium reports its bandwidth estimate (REMB) about once a second; the encoder's
+      // bitrate follows it.
+      for (let i = 0; i < 25 && !(status.feed?.estimates > 0); i++) {
+        await sleep(200);
+        status = await daemonStatus();
+      }
+      assert.ok(status.feed?.estimates > 0, `no bandwidth estimate from Chromium reached the camera within 5 s: ${JSON.stringify(status.feed)}`);
       await page.click('#hangup');
       await waitForState(page, 'ENDED', 10_000);
       assert.equal((await page.textContent('#call-state')).trim(), 'Ended: caller hung up');
