@@ -714,6 +714,18 @@ mod tests {
             "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 96 98\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\na=rtpmap:98 H264/90000\r\na=fmtp:98 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n"
         );
         assert!(check_offer(&safari).unwrap().h264);
+        // Firefox: VP8 and VP9 first, then H.264 in mode 1 and mode 0.
+        let firefox = format!(
+            "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 120 124 121 126 97\r\na=rtpmap:120 VP8/90000\r\na=rtpmap:121 VP9/90000\r\na=rtpmap:126 H264/90000\r\na=fmtp:126 profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1\r\na=rtpmap:97 H264/90000\r\na=fmtp:97 profile-level-id=42e01f;level-asymmetry-allowed=1\r\na=rtpmap:124 rtx/90000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 109\r\na=rtpmap:109 opus/48000/2\r\n"
+        );
+        assert_eq!(
+            check_offer(&firefox).unwrap(),
+            OfferSummary {
+                h264: true,
+                vp8: true,
+                opus: true
+            }
+        );
         // Only mode 0 is not enough: we send FU-A fragments.
         let mode0 = format!(
             "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 98\r\na=rtpmap:98 H264/90000\r\na=fmtp:98 packetization-mode=0;profile-level-id=42e01f\r\n"
