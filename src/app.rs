@@ -45,9 +45,9 @@ pub async fn run(
         board = %settings.board,
         encoder = plan.encoder_name(),
         input = %plan.input_note,
-        pipeline = %plan.description,
         "camera"
     );
+    tracing::debug!(pipeline = %plan.description, "camera pipeline");
 
     let mut tasks = Vec::new();
     // The embedded phonebook outlives the device, so the hang-ups of a shutdown reach
