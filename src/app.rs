@@ -36,8 +36,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     media::init()?;
-    pipeline::check_elements(&settings.video)?;
     let plan = pipeline::plan(&settings.video)?;
+    plan.check_elements(&settings.video)?;
     for why in &plan.skipped {
         warn!("encoder skipped: {why}");
     }

@@ -138,7 +138,7 @@ fn descriptions_of_every_board_parse_where_the_elements_are_here() {
             "{name}"
         );
         assert_eq!(d.contains("appsink name=vp8frames"), plan.vp8, "{name}");
-        if pipeline::check_elements(&video).is_ok() {
+        if plan.check_elements(&video).is_ok() {
             parses(d).unwrap();
         } else {
             // libcamerasrc is not here: the rest of the pipeline must still parse.

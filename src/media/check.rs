@@ -138,7 +138,7 @@ fn measure(
     report.skipped = plan.skipped.clone();
     report.vp8_branch = plan.vp8;
     report.pipeline = plan.description.clone();
-    pipeline::check_elements(video)?;
+    plan.check_elements(video)?;
     if video.source == SourceKind::V4l2 {
         let device = video.device.as_deref().unwrap_or("/dev/video0");
         if !Path::new(device).exists() {

@@ -794,7 +794,7 @@ pub fn report(settings: &Settings) -> String {
                     "off (video.vp8_fallback = false)"
                 }
             );
-            match pipeline::check_elements(video) {
+            match plan.check_elements(video) {
                 Ok(()) => out.push_str("  elements      all installed\n"),
                 Err(err) => {
                     let _ = writeln!(out, "  elements      {err:#}");

@@ -171,25 +171,21 @@ fn needed_elements(video: &VideoSettings, input: InputFormat) -> Vec<(&'static s
     needed
 }
 
-/// Checks that every element the settings need is installed and that an H.264 encoder
-/// is usable, with a message that says which package to install when one is missing.
-pub fn check_elements(video: &VideoSettings) -> anyhow::Result<()> {
-    super::init()?;
-    let (input, _) = super::devices::resolve_input_format(video);
-    let mut problems: Vec<String> = needed_elements(video, input)
-        .into_iter()
-        .filter(|(element, _)| gst::ElementFactory::find(element).is_none())
-        .map(|(element, package)| {
-            format!("the GStreamer element {element:?} is missing: install {package}")
-        })
-        .collect();
-    if input != InputFormat::H264
-        && let Err(err) = encode::choose_encoder(video)
-    {
-        problems.push(format!("{err:#}"));
+impl PipelinePlan {
+    /// Checks that every other element this plan needs is installed (the encoder was
+    /// checked when it was chosen), with a message that says which package to install.
+    pub fn check_elements(&self, video: &VideoSettings) -> anyhow::Result<()> {
+        super::init()?;
+        let problems: Vec<String> = needed_elements(video, self.input)
+            .into_iter()
+            .filter(|(element, _)| gst::ElementFactory::find(element).is_none())
+            .map(|(element, package)| {
+                format!("the GStreamer element {element:?} is missing: install {package}")
+            })
+            .collect();
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok(())
     }
-    if !problems.is_empty() {
-        bail!("{}", problems.join("; "));
-    }
-    Ok(())
 }
