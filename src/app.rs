@@ -62,12 +62,8 @@ pub async fn run(
             url.clone()
         }
         None => {
-            let (addr, task) = start_phonebook(
-                settings.device.listen,
-                settings.ice.servers.clone(),
-                phonebook_stop.clone(),
-            )
-            .await?;
+            let (addr, task) =
+                start_phonebook(settings.device.listen, &settings, phonebook_stop.clone()).await?;
             tasks.push(task);
             let page = page_url(addr);
             println!(
@@ -202,7 +198,7 @@ pub async fn run_phonebook(
 ) -> anyhow::Result<()> {
     let mut notifier = Notifier::from_env();
     let stopping = shutdown.clone();
-    let (addr, task) = start_phonebook(listen, settings.ice.servers.clone(), shutdown).await?;
+    let (addr, task) = start_phonebook(listen, settings, shutdown).await?;
     println!("peercam phonebook: open {} in a browser", page_url(addr));
     notifier.ready(&format!("phonebook listening on {addr}"));
     stopping.cancelled().await;
@@ -213,14 +209,15 @@ pub async fn run_phonebook(
 
 async fn start_phonebook(
     listen: SocketAddr,
-    ice_servers: Vec<crate::signalling::protocol::IceServer>,
+    settings: &Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:8081)")
     })?;
     let addr = listener.local_addr()?;
-    let server = PhonebookServer::new(ice_servers);
+    let server = PhonebookServer::new(settings.ice.servers.clone())
+        .with_whep(crate::signalling::whep::Whep::new(&settings.whep.viewers));
     let task = tokio::spawn(async move {
         if let Err(err) = server
             .serve(listener, async move { shutdown.cancelled().await })

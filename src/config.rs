@@ -52,6 +52,51 @@ pub struct Settings {
     /// Microphone and speaker.
     #[serde(default)]
     pub audio: crate::media::audio::AudioSettings,
+    /// Plain-HTTP viewers (WHEP players) and their tokens.
+    #[serde(default)]
+    pub whep: WhepSettings,
+    /// Registration on a stock PeerJS server as well.
+    #[serde(default)]
+    pub peerjs: PeerJsSettings,
+}
+
+/// Who may play a camera with a WHEP player (`POST /whep/<callee>` on the phonebook).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WhepSettings {
+    /// Viewer name → bearer token. The name is the caller name the device sees. When
+    /// empty, any player may ring without a token (the buttons or the policy decide).
+    pub viewers: std::collections::BTreeMap<String, String>,
+}
+
+/// Where the device also registers as a PeerJS peer, so stock `peerjs` clients can call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerJsSettings {
+    /// The PeerJS server, e.g. `http://127.0.0.1:9000/` (its `--path` included); unset
+    /// leaves PeerJS off.
+    pub server: Option<String>,
+    /// The server's API key (`peerjs` unless the server was started with `--key`).
+    pub key: String,
+    /// The peer id to take; the callee name when unset.
+    pub id: Option<String>,
+}
+
+impl Default for PeerJsSettings {
+    fn default() -> Self {
+        PeerJsSettings {
+            server: None,
+            key: "peerjs".into(),
+            id: None,
+        }
+    }
+}
+
+impl PeerJsSettings {
+    /// The peer id the device takes on the PeerJS server.
+    pub fn peer_id(&self, callee_name: &str) -> String {
+        self.id.clone().unwrap_or_else(|| callee_name.to_owned())
+    }
 }
 
 /// Identity and addresses.
@@ -476,6 +521,25 @@ impl Settings {
             && !(url.starts_with("ws://") || url.starts_with("wss://"))
         {
             bail!("the phonebook URL {url:?} must start with ws:// or wss://");
+        }
+        if let Some(url) = &self.peerjs.server {
+            if !["http://", "https://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                bail!("peerjs.server {url:?} must start with http://, https://, ws:// or wss://");
+            }
+            let id = self.peerjs.peer_id(&self.name());
+            if !crate::signalling::peerjs::valid_peer_id(&id) {
+                bail!(
+                    "{id:?} is not a PeerJS id (letters and digits, single spaces, '-' or '_' between them); set peerjs.id"
+                );
+            }
+        }
+        for (viewer, token) in &self.whep.viewers {
+            if token.len() < 8 {
+                bail!("the WHEP token of {viewer:?} is shorter than 8 characters");
+            }
         }
         Ok(())
     }

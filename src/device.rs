@@ -18,6 +18,7 @@ use crate::config::{AnswerPolicy, Settings};
 use crate::gpio::{Command, CommandKind, Indicators, Levels, Press, indicator_levels};
 use crate::rtc::{CallPeer, Feeds, MediaCaps, PeerEvent, RtcEngine};
 use crate::signalling::client::{self, ClientEvent, Registration};
+use crate::signalling::peerjs::{self, PeerJsCommand, PeerJsEvent, PeerJsTarget};
 use crate::signalling::protocol::{ClientMessage, IceCandidate, Presence, ServerMessage};
 use crate::systemd::Notifier;
 
@@ -30,8 +31,23 @@ const TICK: Duration = Duration::from_millis(250);
 /// The reason callers get when the daemon stops.
 pub const SHUTTING_DOWN: &str = "camera shutting down";
 
+/// Which signalling a call came through, and so where its answers go.
+#[derive(Debug, Clone, PartialEq)]
+enum Route {
+    /// Our own phonebook (pages, scripts, WHEP players through the phonebook).
+    Phonebook,
+    /// A stock PeerJS client through a PeerJS server.
+    PeerJs {
+        /// The caller's peer id.
+        peer: String,
+        /// The media connection's id.
+        connection_id: String,
+    },
+}
+
 struct LiveCall {
     machine: Call,
+    route: Route,
     seq: u64,
     caller: String,
     offer: String,
@@ -47,6 +63,8 @@ pub struct Device {
     feeds: Feeds,
     engine: RtcEngine,
     out: mpsc::UnboundedSender<ClientMessage>,
+    peerjs: Option<mpsc::UnboundedSender<PeerJsCommand>>,
+    peerjs_open: bool,
     peer_events: mpsc::UnboundedSender<(String, PeerEvent)>,
     calls: BTreeMap<String, LiveCall>,
     next_seq: u64,
@@ -122,6 +140,25 @@ pub async fn run(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let (peer_tx, mut peer_rx) = mpsc::unbounded_channel();
+    let (peerjs_event_tx, mut peerjs_rx) = mpsc::unbounded_channel();
+    let mut peerjs_client = None;
+    let mut peerjs_out = None;
+    if let Some(server) = &settings.peerjs.server {
+        let target = PeerJsTarget::new(
+            server,
+            &settings.peerjs.key,
+            &settings.peerjs.peer_id(&name),
+        )?;
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        peerjs_out = Some(command_tx);
+        peerjs_client = Some(tokio::spawn(peerjs::run(
+            target,
+            peerjs_event_tx,
+            command_rx,
+        )));
+    } else {
+        drop(peerjs_event_tx);
+    }
     let client = tokio::spawn(client::run(
         phonebook_url,
         Registration {
@@ -143,6 +180,8 @@ pub async fn run(
         feeds,
         engine,
         out: out_tx,
+        peerjs: peerjs_out,
+        peerjs_open: false,
         peer_events: peer_tx,
         calls: BTreeMap::new(),
         next_seq: 0,
@@ -163,6 +202,7 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(event) = event_rx.recv() => device.on_client_event(event).await,
+            Some(event) = peerjs_rx.recv() => device.on_peerjs_event(event).await,
             Some((call_id, event)) = peer_rx.recv() => device.on_peer_event(&call_id, event).await,
             Some(command) = commands.recv() => device.on_command(command).await,
             _ = tick.tick() => device.on_tick().await,
@@ -194,6 +234,13 @@ pub async fn run(
         .is_err()
     {
         warn!("the phonebook did not take the hang-ups within 3 s");
+    }
+    if let Some(task) = peerjs_client
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+    {
+        warn!("the PeerJS connection did not close within 3 s");
     }
     Ok(())
 }
@@ -255,45 +302,12 @@ impl Device {
                 if self.calls.contains_key(&call_id) {
                     return;
                 }
-                let caller = caller_name(&meta);
-                let admission = self.rules.admit(
-                    meta.get("callerName").and_then(Value::as_str),
-                    self.calls.len(),
-                    self.dnd,
-                );
-                debug!(%call_id, %callee, ?admission, "incoming call");
-                self.next_seq += 1;
-                self.calls.insert(
-                    call_id.clone(),
-                    LiveCall {
-                        machine: Call::new(Instant::now(), self.settings.call.ring_timeout()),
-                        seq: self.next_seq,
-                        caller,
-                        offer: sdp,
-                        peer: None,
-                        early_candidates: Vec::new(),
-                        data_open: false,
-                    },
-                );
-                self.apply(&call_id, Input::Offered(admission)).await;
+                debug!(%call_id, %callee, "incoming call from the phonebook");
+                self.ring(call_id, Route::Phonebook, &meta, sdp).await;
             }
             ServerMessage::Candidate { call_id, candidate } => {
-                let Some(call) = self.calls.get_mut(&call_id) else {
-                    return;
-                };
-                let Some(candidate) = candidate else {
-                    return;
-                };
-                match &call.peer {
-                    Some(peer) => {
-                        if let Err(err) = peer.add_candidate(candidate).await {
-                            debug!(%call_id, "{err:#}");
-                        }
-                    }
-                    None if call.early_candidates.len() < MAX_EARLY_CANDIDATES => {
-                        call.early_candidates.push(candidate)
-                    }
-                    None => debug!(%call_id, "too many early candidates; dropping one"),
+                if let Some(candidate) = candidate {
+                    self.add_remote_candidate(&call_id, candidate).await;
                 }
             }
             ServerMessage::Hangup { call_id, reason } => {
@@ -322,10 +336,34 @@ impl Device {
             return;
         }
         match event {
-            PeerEvent::Candidate(candidate) => self.send(ClientMessage::Candidate {
-                call_id: call_id.into(),
-                candidate,
-            }),
+            PeerEvent::Candidate(candidate) => match self.route(call_id) {
+                Some(Route::PeerJs {
+                    peer,
+                    connection_id,
+                }) => {
+                    // PeerJS never sends an end of candidates.
+                    if let Some(candidate) = candidate {
+                        self.send_peerjs(PeerJsCommand::Candidate {
+                            dst: peer,
+                            connection_id,
+                            candidate,
+                        });
+                    }
+                }
+                _ => self.send(ClientMessage::Candidate {
+                    call_id: call_id.into(),
+                    candidate,
+                }),
+            },
+            PeerEvent::DataClosed(label) => {
+                // A PeerJS caller hangs up by closing its connection; the data channel
+                // it opened on the call is the first to tell.
+                if matches!(self.route(call_id), Some(Route::PeerJs { .. })) {
+                    debug!(call = call_id, %label, "PeerJS caller's data channel closed");
+                    self.apply(call_id, Input::RemoteHangup("caller hung up".into()))
+                        .await;
+                }
+            }
             PeerEvent::Connected => self.apply(call_id, Input::PeerConnected).await,
             PeerEvent::Lost(reason) => self.apply(call_id, Input::PeerLost(reason)).await,
             PeerEvent::DataOpen => {
@@ -574,23 +612,38 @@ impl Device {
     async fn perform(&mut self, call_id: &str, action: Action) -> Option<Input> {
         match action {
             Action::SendRinging => {
-                self.send(ClientMessage::Ringing {
-                    call_id: call_id.into(),
-                });
+                // PeerJS has no ringing: its caller just waits for the answer.
+                if self.route(call_id) == Some(Route::Phonebook) {
+                    self.send(ClientMessage::Ringing {
+                        call_id: call_id.into(),
+                    });
+                }
                 None
             }
             Action::SendDecline(reason) => {
-                self.send(ClientMessage::Decline {
-                    call_id: call_id.into(),
-                    reason,
-                });
+                match self.route(call_id) {
+                    Some(Route::PeerJs { peer, .. }) => {
+                        // PeerJS has no decline; EXPIRE makes the stock client report
+                        // `peer-unavailable` instead of waiting forever.
+                        info!(call = call_id, %peer, %reason, "declining a PeerJS call (sent as EXPIRE)");
+                        self.send_peerjs(PeerJsCommand::Expire { dst: peer });
+                    }
+                    _ => self.send(ClientMessage::Decline {
+                        call_id: call_id.into(),
+                        reason,
+                    }),
+                }
                 None
             }
             Action::SendHangup(reason) => {
-                self.send(ClientMessage::Hangup {
-                    call_id: call_id.into(),
-                    reason,
-                });
+                // A PeerJS caller learns of the hang-up from its connection closing
+                // (ClosePeer), which fires `close` on its MediaConnection.
+                if self.route(call_id) == Some(Route::Phonebook) {
+                    self.send(ClientMessage::Hangup {
+                        call_id: call_id.into(),
+                        reason,
+                    });
+                }
                 None
             }
             Action::ClosePeer => {
@@ -650,10 +703,20 @@ impl Device {
                     warn!(call = call_id, "cannot answer: {err:#}");
                     format!("{err:#}")
                 })?;
-        self.send(ClientMessage::Accept {
-            call_id: call_id.into(),
-            sdp,
-        });
+        match self.route(call_id) {
+            Some(Route::PeerJs {
+                peer,
+                connection_id,
+            }) => self.send_peerjs(PeerJsCommand::Answer {
+                dst: peer,
+                connection_id,
+                sdp,
+            }),
+            _ => self.send(ClientMessage::Accept {
+                call_id: call_id.into(),
+                sdp,
+            }),
+        }
         let early = match self.calls.get_mut(call_id) {
             Some(call) => std::mem::take(&mut call.early_candidates),
             None => Vec::new(),
@@ -667,6 +730,135 @@ impl Device {
             call.peer = Some(peer);
         }
         Ok(())
+    }
+
+    fn route(&self, call_id: &str) -> Option<Route> {
+        self.calls.get(call_id).map(|c| c.route.clone())
+    }
+
+    fn send_peerjs(&self, command: PeerJsCommand) {
+        match &self.peerjs {
+            Some(out) if out.send(command).is_ok() => {}
+            _ => debug!("the PeerJS client has stopped"),
+        }
+    }
+
+    /// A call ringing through `meta`, admitted or not by the answer rules.
+    async fn ring(&mut self, call_id: String, route: Route, meta: &Value, offer: String) {
+        let caller = caller_name(meta);
+        let admission = self.rules.admit(
+            meta.get("callerName").and_then(Value::as_str),
+            self.calls.len(),
+            self.dnd,
+        );
+        debug!(%call_id, ?route, ?admission, "incoming call");
+        self.next_seq += 1;
+        self.calls.insert(
+            call_id.clone(),
+            LiveCall {
+                machine: Call::new(Instant::now(), self.settings.call.ring_timeout()),
+                route,
+                seq: self.next_seq,
+                caller,
+                offer,
+                peer: None,
+                early_candidates: Vec::new(),
+                data_open: false,
+            },
+        );
+        self.apply(&call_id, Input::Offered(admission)).await;
+    }
+
+    async fn on_peerjs_event(&mut self, event: PeerJsEvent) {
+        match event {
+            PeerJsEvent::Open => {
+                self.peerjs_open = true;
+                self.say("registered on the PeerJS server");
+            }
+            PeerJsEvent::Disconnected(why) => {
+                if self.peerjs_open {
+                    warn!(%why, "lost the PeerJS server; reconnecting");
+                }
+                self.peerjs_open = false;
+                let waiting: Vec<String> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| {
+                        matches!(c.route, Route::PeerJs { .. })
+                            && c.machine.state() != CallState::Established
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in waiting {
+                    self.apply(
+                        &id,
+                        Input::RemoteHangup("PeerJS server connection lost".into()),
+                    )
+                    .await;
+                }
+            }
+            PeerJsEvent::Offer {
+                src,
+                connection_id,
+                sdp,
+                metadata,
+            } => {
+                let call_id = peerjs_call_id(&connection_id);
+                if self.calls.contains_key(&call_id) {
+                    return;
+                }
+                let mut meta = match metadata {
+                    Value::Object(map) => Value::Object(map),
+                    _ => json!({}),
+                };
+                if caller_name(&meta) == "someone" {
+                    meta["name"] = Value::String(src.clone());
+                }
+                let route = Route::PeerJs {
+                    peer: src,
+                    connection_id,
+                };
+                self.ring(call_id, route, &meta, sdp).await;
+            }
+            PeerJsEvent::Candidate {
+                connection_id,
+                candidate,
+                ..
+            } => {
+                self.add_remote_candidate(&peerjs_call_id(&connection_id), candidate)
+                    .await
+            }
+            PeerJsEvent::Leave { src } => {
+                let gone: Vec<String> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| matches!(&c.route, Route::PeerJs { peer, .. } if *peer == src))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in gone {
+                    self.apply(&id, Input::RemoteHangup("caller left".into()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Adds a caller's candidate now, or keeps it until the call is answered.
+    async fn add_remote_candidate(&mut self, call_id: &str, candidate: IceCandidate) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        match &call.peer {
+            Some(peer) => {
+                if let Err(err) = peer.add_candidate(candidate).await {
+                    debug!(%call_id, "{err:#}");
+                }
+            }
+            None if call.early_candidates.len() < MAX_EARLY_CANDIDATES => {
+                call.early_candidates.push(candidate)
+            }
+            None => debug!(%call_id, "too many early candidates; dropping one"),
+        }
     }
 
     fn send(&self, msg: ClientMessage) {
@@ -685,6 +877,7 @@ impl Device {
         json!({
             "name": self.name,
             "registered": self.registered,
+            "peerjs": self.peerjs.as_ref().map(|_| self.peerjs_open),
             "camera_running": self.feeds.video.is_running(),
             "dnd": self.dnd,
             "indicators": self.levels,
@@ -694,12 +887,18 @@ impl Device {
             "calls": self.calls.iter().map(|(id, c)| json!({
                 "id": id,
                 "caller": c.caller,
+                "via": match c.route { Route::Phonebook => "phonebook", Route::PeerJs { .. } => "peerjs" },
                 "state": c.machine.state(),
                 "video": c.peer.as_ref().map(|p| p.video_codec()),
                 "played_audio_buffers": c.peer.as_ref().map_or(0, |p| p.played_audio_buffers()),
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The device's id for a PeerJS media connection.
+fn peerjs_call_id(connection_id: &str) -> String {
+    format!("peerjs-{connection_id}")
 }
 
 /// The caller's name from its metadata (`callerName`, as deepstream's examples use), or

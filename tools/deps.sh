@@ -54,11 +54,17 @@ peercam_apt_install() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-# Installs the browser tests' npm modules (playwright-core, pinned) when missing.
+# Installs the browser tests' npm modules (playwright-core, the stock PeerJS server and
+# client, a stock WHEP player; all pinned in package-lock.json) when any is missing.
 peercam_npm_install() {
-  local dir="$1"
-  if [ ! -d "$dir/node_modules/playwright-core" ]; then
-    echo "peercam: installing npm modules for the browser tests in $dir" >&2
+  local dir="$1" missing
+  missing=$(cd "$dir" && node -e '
+    const fs = require("fs");
+    const deps = Object.keys(require("./package.json").dependencies || {});
+    console.log(deps.filter(d => !fs.existsSync(`node_modules/${d}/package.json`)).join(" "));
+  ')
+  if [ -n "$missing" ]; then
+    echo "peercam: installing npm modules for the browser tests in $dir (missing: $missing)" >&2
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }

@@ -50,6 +50,9 @@ const VP8_PAYLOAD_TYPE: PayloadType = 96;
 const OPUS_PAYLOAD_TYPE: PayloadType = 111;
 const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 
+/// The label of the data channel that carries device events and the caller's text.
+pub const DATA_CHANNEL_LABEL: &str = "peercam";
+
 /// Longest text accepted from a caller's data channel, in bytes.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
@@ -64,6 +67,9 @@ pub enum PeerEvent {
     DataOpen,
     /// The caller sent this text over the data channel.
     Text(String),
+    /// A data channel the caller opened (named by its label) closed: for a PeerJS caller
+    /// that is the hang-up.
+    DataClosed(String),
     /// The connection failed or was closed.
     Lost(String),
 }
@@ -434,6 +440,17 @@ impl CallPeer {
         self.pc
             .on_data_channel(Box::new(move |channel: Arc<RTCDataChannel>| {
                 debug!(label = channel.label(), "caller opened a data channel");
+                let label = channel.label().to_owned();
+                let closed_events = channel_events.clone();
+                let closed_label = label.clone();
+                channel.on_close(Box::new(move || {
+                    let _ = closed_events.send(PeerEvent::DataClosed(closed_label.clone()));
+                    Box::pin(async {})
+                }));
+                if label != DATA_CHANNEL_LABEL {
+                    // PeerJS opens one on every media call; it carries nothing of ours.
+                    return Box::pin(async {});
+                }
                 let open_events = channel_events.clone();
                 let opened = channel.clone();
                 let slot = channel_slot.clone();

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use tokio::net::TcpListener;
@@ -25,7 +25,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::phonebook::{ConnId, Output, Phonebook};
-use super::protocol::{ErrorCode, IceServer};
+use super::protocol::{ClientMessage, ErrorCode, IceServer};
+use super::whep::{self, Whep};
 use crate::web;
 
 /// Frames above this size close the connection outright (the phonebook answers frames
@@ -41,10 +42,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// How often the server pings each connection.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 
-enum Outgoing {
+/// What the server sends down one connection.
+pub(crate) enum Outgoing {
+    /// A protocol message.
     Text(String),
+    /// A WebSocket ping.
     Ping,
+    /// Close now.
     Close,
+    /// Close with "going away": the server shuts down.
     GoingAway,
 }
 
@@ -61,12 +67,16 @@ pub struct PhonebookServer {
     /// Cancelled on shutdown: every open WebSocket closes with "going away".
     closing: CancellationToken,
     connections: TaskTracker,
+    whep: Arc<Whep>,
+    ice_servers: Arc<Vec<IceServer>>,
 }
 
 impl PhonebookServer {
     /// A server with an empty phonebook that hands `ice_servers` to its clients.
     pub fn new(ice_servers: Vec<IceServer>) -> Self {
         PhonebookServer {
+            ice_servers: Arc::new(ice_servers.clone()),
+            whep: Arc::default(),
             hub: Arc::new(Mutex::new(Hub {
                 book: Phonebook::new(ice_servers),
                 queues: HashMap::new(),
@@ -77,10 +87,26 @@ impl PhonebookServer {
         }
     }
 
-    /// The axum router: `/`, the page's assets, `/ws` and `/api/callees`.
+    /// The same server, letting WHEP players in as `whep` says.
+    pub fn with_whep(mut self, whep: Whep) -> Self {
+        self.whep = Arc::new(whep);
+        self
+    }
+
+    /// The axum router: `/`, the page's assets, `/ws`, `/api/callees` and `/whep/…`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(upgrade))
+            .route(
+                "/whep/{callee}",
+                post(whep::offer).options(whep::options),
+            )
+            .route(
+                "/whep/{callee}/{session}",
+                patch(whep::patch)
+                    .delete(whep::delete)
+                    .options(whep::options),
+            )
             .route("/api/callees", get(list_callees))
             .route("/healthz", get(|| async { "ok" }))
             .route("/", get(|| async { asset("index.html") }))
@@ -128,7 +154,30 @@ impl PhonebookServer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn open(&self) -> (ConnId, mpsc::Receiver<Outgoing>) {
+    /// WHEP's tokens and sessions.
+    pub(crate) fn whep(&self) -> &Whep {
+        &self.whep
+    }
+
+    /// The STUN/TURN servers handed to clients.
+    pub(crate) fn ice_servers(&self) -> Vec<IceServer> {
+        self.ice_servers.as_ref().clone()
+    }
+
+    /// Whether `name` is registered now.
+    pub(crate) fn has_callee(&self, name: &str) -> bool {
+        self.lock().book.callees().iter().any(|c| c.name == name)
+    }
+
+    /// Handles `msg` as if connection `conn` had sent it.
+    pub(crate) fn message(&self, conn: ConnId, msg: ClientMessage) {
+        let mut hub = self.lock();
+        let out = hub.book.handle(conn, msg);
+        deliver(&mut hub, out);
+    }
+
+    /// Opens a connection in the phonebook; what is sent to it arrives on the receiver.
+    pub(crate) fn open(&self) -> (ConnId, mpsc::Receiver<Outgoing>) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
         let mut hub = self.lock();
@@ -151,7 +200,8 @@ impl PhonebookServer {
         deliver(&mut hub, out);
     }
 
-    fn close(&self, conn: ConnId) {
+    /// Closes `conn`: its names are released and its calls hung up.
+    pub(crate) fn close(&self, conn: ConnId) {
         let mut hub = self.lock();
         hub.queues.remove(&conn);
         let out = hub.book.disconnect(conn);

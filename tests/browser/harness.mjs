@@ -2,7 +2,7 @@
 // cameras on fresh profiles, and waits that are bounded and explain themselves on failure.
 // Not a test file itself (node --test only picks up *.test.mjs here).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -276,4 +276,81 @@ export async function waitForMedia(page, expect, timeout = 20_000) {
 export async function noSidewaysOverflow(page) {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
   assert.ok(overflow <= 0, `${whose(page)}the page is ${overflow}px wider than the phone screen`);
+}
+
+/**
+ * Serves `files` (URL path → `{ file }` on disk or `{ body }`, with `type`) on 127.0.0.1, for
+ * pages that load stock npm clients; resolves with `{ url, close }`.
+ */
+export async function serveFiles(files) {
+  const { createServer } = await import('node:http');
+  const { readFile } = await import('node:fs/promises');
+  const server = createServer(async (req, res) => {
+    const entry = files[new URL(req.url, 'http://x').pathname];
+    if (!entry) {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    const body = entry.body ?? await readFile(entry.file);
+    res.writeHead(200, { 'content-type': entry.type, 'cache-control': 'no-store' }).end(body);
+  });
+  await new Promise(resolve => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}/`,
+    close: () => new Promise(resolve => { server.closeAllConnections(); server.close(resolve); }),
+  };
+}
+
+/** `peercam status` on the control socket, parsed; `{}` while the daemon does not answer. */
+export function daemonStatus(sock) {
+  return new Promise(resolve => {
+    execFile(BIN, ['status', '--control', sock], { timeout: 10_000 }, (err, stdout) => {
+      try {
+        resolve(err ? {} : JSON.parse(stdout));
+      } catch {
+        resolve({});
+      }
+    });
+  });
+}
+
+/** `peercam press …` on the control socket, retried while the daemon has nothing ringing yet. */
+export async function press(sock, ...args) {
+  let last;
+  for (let attempt = 0; attempt < 20; attempt++) {
+    last = await new Promise(resolve => {
+      execFile(BIN, ['press', ...args, '--control', sock], { timeout: 10_000 }, (err, stdout, stderr) => {
+        resolve({ code: err ? (err.code ?? err.signal) : 0, stdout, stderr });
+      });
+    });
+    if (last.code === 0) return;
+    await sleep(300);
+  }
+  assert.fail(`peercam press ${args.join(' ')} kept failing (${last.code}): ${last.stderr || last.stdout}`);
+}
+
+/** Polls the daemon's status until `check(status)` holds; fails with `what` and the last status. */
+export async function waitForStatus(sock, what, check, timeout = 10_000) {
+  const deadline = Date.now() + timeout;
+  let status = {};
+  while (Date.now() < deadline) {
+    status = await daemonStatus(sock);
+    if (check(status)) return status;
+    await sleep(200);
+  }
+  assert.fail(`the daemon's status never showed ${what} within ${timeout} ms: ${JSON.stringify(status)}`);
+}
+
+/** Frames decoded so far by the page's `window.pc` (a stock client's RTCPeerConnection). */
+export function framesDecoded(page, expression = 'window.pc') {
+  return page.evaluate(async expression => {
+    // eslint-disable-next-line no-eval
+    const pc = (0, eval)(expression);
+    let frames = 0;
+    if (!pc || pc.signalingState === 'closed') return -1;
+    (await pc.getStats()).forEach(report => {
+      if (report.type === 'inbound-rtp' && report.kind === 'video') frames += report.framesDecoded ?? 0;
+    });
+    return frames;
+  }, expression);
 }

@@ -1,0 +1,706 @@
+//! WHEP: a plain HTTP viewer (a WHEP player) calls a camera on the phonebook.
+//!
+//! `POST /whep/<callee>` with an `application/sdp` offer rings the camera like any other
+//! caller: the phonebook sees a connection of its own that says `hello` and `call`, with
+//! the viewer's name (from its bearer token) as `callerName`. The request waits while the
+//! camera rings; on accept it gets `201 Created` with the answer and a `Location`, on
+//! decline `403` with the device's reason. `DELETE` on the location hangs up, `PATCH`
+//! trickles the player's candidates, `OPTIONS` answers CORS and lists ICE servers.
+//!
+//! WHEP has no way to trickle the server's candidates to the player, so the device's
+//! candidates (which it trickles as usual) are gathered for a moment and written into
+//! the answer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::phonebook::ConnId;
+use super::protocol::{ClientMessage, IceCandidate, IceServer, PROTOCOL_VERSION, ServerMessage};
+use super::server::{Outgoing, PhonebookServer};
+
+/// Largest offer or candidate fragment accepted, in bytes.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+
+/// How long a `POST` may wait for the camera to answer (its ring timeout decides first).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the device's trickled candidates are collected for the answer.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most WHEP sessions open at once on one phonebook.
+const MAX_SESSIONS: usize = 64;
+
+/// The caller name of a player when no tokens are configured.
+const ANONYMOUS_VIEWER: &str = "WHEP viewer";
+
+/// WHEP state of a phonebook: the viewers' tokens and the open sessions.
+#[derive(Debug, Default)]
+pub struct Whep {
+    /// Bearer token → viewer name; empty lets anyone ring.
+    tokens: HashMap<String, String>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+#[derive(Debug)]
+struct Session {
+    conn: ConnId,
+    callee: String,
+    viewer: String,
+    ended: CancellationToken,
+}
+
+impl Whep {
+    /// WHEP for the viewers in `viewers` (name → token).
+    pub fn new(viewers: &std::collections::BTreeMap<String, String>) -> Self {
+        Whep {
+            tokens: viewers
+                .iter()
+                .map(|(name, token)| (token.clone(), name.clone()))
+                .collect(),
+            sessions: Mutex::default(),
+        }
+    }
+
+    /// Number of WHEP sessions in progress.
+    pub fn sessions(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The viewer a request speaks for, or why it may not.
+    fn viewer(&self, headers: &HeaderMap) -> Result<String, Problem> {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        if self.tokens.is_empty() {
+            return Ok(ANONYMOUS_VIEWER.into());
+        }
+        match given.and_then(|token| self.tokens.get(token)) {
+            Some(name) => Ok(name.clone()),
+            None => Err(Problem(
+                StatusCode::UNAUTHORIZED,
+                if given.is_some() {
+                    "this bearer token is not one of the camera's viewers"
+                } else {
+                    "a bearer token is required (Authorization: Bearer <token>)"
+                }
+                .into(),
+            )),
+        }
+    }
+}
+
+/// `OPTIONS /whep/<callee>`: CORS, what may be posted, and (to a known viewer) the ICE
+/// servers as `Link` headers.
+pub async fn options(State(server): State<PhonebookServer>, headers: HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let out = response.headers_mut();
+    out.insert("accept-post", HeaderValue::from_static("application/sdp"));
+    if server.whep().viewer(&headers).is_ok() {
+        for link in ice_links(&server.ice_servers()) {
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                out.append(header::LINK, value);
+            }
+        }
+    }
+    with_cors(response)
+}
+
+/// `POST /whep/<callee>`: rings the camera with the player's offer and answers once it
+/// is accepted.
+pub async fn offer(
+    State(server): State<PhonebookServer>,
+    Path(callee): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    with_cors(post_offer(server, callee, headers, body).await)
+}
+
+async fn post_offer(
+    server: PhonebookServer,
+    callee: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let viewer = match server.whep().viewer(&headers) {
+        Ok(viewer) => viewer,
+        Err(refused) => return refused.into_response(),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/sdp") {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the offer must be sent as application/sdp",
+        );
+    }
+    if body.len() > MAX_SDP_BYTES {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("offers are limited to {MAX_SDP_BYTES} bytes"),
+        );
+    }
+    let Ok(sdp) = std::str::from_utf8(&body) else {
+        return problem(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
+    };
+    if let Err(why) = check_offer(sdp) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            &format!("not a usable offer: {why}"),
+        );
+    }
+    if !server.has_callee(&callee) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no camera is registered as {callee:?}"),
+        );
+    }
+    if server.whep().sessions() >= MAX_SESSIONS {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "too many WHEP sessions");
+    }
+
+    let call_id = format!("whep-{:016x}", rand::random::<u64>());
+    let (conn, mut incoming) = server.open();
+    // Whatever happens to this request from here (the player gives up while it rings,
+    // the camera declines), the phonebook connection closes and the call with it.
+    let mut hangup = Hangup {
+        server: server.clone(),
+        conn,
+        armed: true,
+    };
+    server.message(
+        conn,
+        ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            agent: Some("whep".into()),
+        },
+    );
+    server.message(
+        conn,
+        ClientMessage::Call {
+            call_id: call_id.clone(),
+            callee: callee.clone(),
+            meta: json!({"callerName": viewer, "via": "whep"}),
+            sdp: sdp.to_owned(),
+        },
+    );
+    info!(%callee, %viewer, call = %call_id, "WHEP player calls");
+
+    let answer =
+        match tokio::time::timeout(ANSWER_TIMEOUT, wait_answer(&mut incoming, &call_id)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(refused)) => return refused.into_response(),
+            Err(_) => {
+                return problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the camera did not answer in time",
+                );
+            }
+        };
+    let candidates = gather(&mut incoming, &call_id).await;
+    let answer = with_candidates(&answer, &candidates);
+
+    let ended = CancellationToken::new();
+    server.whep().lock().insert(
+        call_id.clone(),
+        Session {
+            conn,
+            callee: callee.clone(),
+            viewer,
+            ended: ended.clone(),
+        },
+    );
+    hangup.armed = false;
+    tokio::spawn(watch_session(
+        server.clone(),
+        call_id.clone(),
+        conn,
+        incoming,
+        ended,
+    ));
+
+    let location = format!("/whep/{callee}/{call_id}");
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let out = response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        out.insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{call_id}\"")) {
+        out.insert(header::ETAG, value);
+    }
+    out.insert(
+        "accept-patch",
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    for link in ice_links(&server.ice_servers()) {
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            out.append(header::LINK, value);
+        }
+    }
+    response
+}
+
+/// `PATCH /whep/<callee>/<session>`: the player's trickled candidates.
+pub async fn patch(
+    State(server): State<PhonebookServer>,
+    Path((callee, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let conn = match owned_session(&server, &callee, &session, &headers) {
+        Ok(conn) => conn,
+        Err(refused) => return with_cors(refused.into_response()),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/trickle-ice-sdpfrag") {
+        return with_cors(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "candidates must be sent as application/trickle-ice-sdpfrag",
+        ));
+    }
+    if body.len() > MAX_SDP_BYTES {
+        return with_cors(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("fragments are limited to {MAX_SDP_BYTES} bytes"),
+        ));
+    }
+    let text = String::from_utf8_lossy(&body);
+    for candidate in fragment_candidates(&text) {
+        server.message(
+            conn,
+            ClientMessage::Candidate {
+                call_id: session.clone(),
+                candidate,
+            },
+        );
+    }
+    with_cors(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /whep/<callee>/<session>`: the player leaves.
+pub async fn delete(
+    State(server): State<PhonebookServer>,
+    Path((callee, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let conn = match owned_session(&server, &callee, &session, &headers) {
+        Ok(conn) => conn,
+        Err(refused) => return with_cors(refused.into_response()),
+    };
+    server.message(
+        conn,
+        ClientMessage::Hangup {
+            call_id: session.clone(),
+            reason: "viewer left".into(),
+        },
+    );
+    if let Some(entry) = server.whep().lock().remove(&session) {
+        entry.ended.cancel();
+    }
+    info!(%callee, call = %session, "WHEP player left");
+    with_cors(StatusCode::OK.into_response())
+}
+
+fn owned_session(
+    server: &PhonebookServer,
+    callee: &str,
+    session: &str,
+    headers: &HeaderMap,
+) -> Result<ConnId, Problem> {
+    let viewer = server.whep().viewer(headers)?;
+    let sessions = server.whep().lock();
+    match sessions.get(session) {
+        Some(entry) if entry.callee == callee && entry.viewer == viewer => Ok(entry.conn),
+        _ => Err(Problem(
+            StatusCode::NOT_FOUND,
+            "no such WHEP session".into(),
+        )),
+    }
+}
+
+/// Waits for the camera's answer to `call_id`, or the response telling why none came.
+async fn wait_answer(
+    incoming: &mut mpsc::Receiver<Outgoing>,
+    call_id: &str,
+) -> Result<String, Problem> {
+    while let Some(message) = next_message(incoming).await {
+        match message {
+            ServerMessage::Accepted { call_id: id, sdp } if id == call_id => return Ok(sdp),
+            ServerMessage::Declined {
+                call_id: id,
+                reason,
+            } if id == call_id => {
+                return Err(Problem(
+                    StatusCode::FORBIDDEN,
+                    format!("the camera declined: {reason}"),
+                ));
+            }
+            ServerMessage::Hangup {
+                call_id: id,
+                reason,
+            } if id == call_id => {
+                return Err(Problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the call ended before it was answered: {reason}"),
+                ));
+            }
+            ServerMessage::Error { code, message, .. } => {
+                let status = match code {
+                    super::protocol::ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                return Err(Problem(status, message));
+            }
+            other => debug!(?other, "WHEP call: waiting for the answer"),
+        }
+    }
+    Err(Problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the phonebook is shutting down".into(),
+    ))
+}
+
+/// Collects the device's candidates until it says it has no more, or for a short while.
+async fn gather(incoming: &mut mpsc::Receiver<Outgoing>, call_id: &str) -> Vec<IceCandidate> {
+    let mut candidates = Vec::new();
+    let deadline = tokio::time::Instant::now() + GATHER_TIMEOUT;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, next_message(incoming)).await {
+        match message {
+            ServerMessage::Candidate {
+                call_id: id,
+                candidate: Some(candidate),
+            } if id == call_id => candidates.push(candidate),
+            ServerMessage::Candidate {
+                call_id: id,
+                candidate: None,
+            } if id == call_id => break,
+            ServerMessage::Hangup { call_id: id, .. } if id == call_id => break,
+            _ => {}
+        }
+    }
+    candidates
+}
+
+/// Keeps the session's phonebook connection open until either end hangs up.
+async fn watch_session(
+    server: PhonebookServer,
+    call_id: String,
+    conn: ConnId,
+    mut incoming: mpsc::Receiver<Outgoing>,
+    ended: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = ended.cancelled() => break,
+            message = next_message(&mut incoming) => match message {
+                Some(ServerMessage::Hangup { call_id: id, reason }) if id == call_id => {
+                    info!(call = %call_id, %reason, "the camera ended a WHEP call");
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    server.whep().lock().remove(&call_id);
+    server.close(conn);
+}
+
+async fn next_message(incoming: &mut mpsc::Receiver<Outgoing>) -> Option<ServerMessage> {
+    loop {
+        match incoming.recv().await? {
+            Outgoing::Text(text) => match serde_json::from_str(&text) {
+                Ok(message) => return Some(message),
+                Err(err) => debug!(%err, "unreadable phonebook message"),
+            },
+            Outgoing::Close | Outgoing::GoingAway => return None,
+            Outgoing::Ping => {}
+        }
+    }
+}
+
+/// Closes a phonebook connection when dropped, unless disarmed.
+struct Hangup {
+    server: PhonebookServer,
+    conn: ConnId,
+    armed: bool,
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        if self.armed {
+            self.server.close(self.conn);
+        }
+    }
+}
+
+/// Checks that `sdp` is an offer a camera can answer: parseable, with a video section.
+fn check_offer(sdp: &str) -> Result<(), String> {
+    let mut reader = std::io::Cursor::new(sdp.as_bytes());
+    let parsed = webrtc::sdp::SessionDescription::unmarshal(&mut reader)
+        .map_err(|err| format!("the SDP does not parse ({err})"))?;
+    if !parsed
+        .media_descriptions
+        .iter()
+        .any(|m| m.media_name.media == "video")
+    {
+        return Err("it has no video section".into());
+    }
+    Ok(())
+}
+
+/// Writes `candidates` into the media sections of `sdp` they belong to.
+pub fn with_candidates(sdp: &str, candidates: &[IceCandidate]) -> String {
+    if candidates.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len() + candidates.len() * 100);
+    let mut section: Option<(u16, Option<String>)> = None;
+    let mut index: u16 = 0;
+    let flush = |out: &mut String, section: &Option<(u16, Option<String>)>| {
+        if let Some((line_index, mid)) = section {
+            for candidate in candidates.iter().filter(|c| {
+                c.sdp_m_line_index == Some(*line_index)
+                    || (c.sdp_m_line_index.is_none() && c.sdp_mid.is_some() && c.sdp_mid == *mid)
+                    || (c.sdp_m_line_index.is_none() && c.sdp_mid.is_none() && *line_index == 0)
+            }) {
+                let line = candidate
+                    .candidate
+                    .strip_prefix("a=")
+                    .unwrap_or(&candidate.candidate);
+                out.push_str("a=");
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            out.push_str("a=end-of-candidates\r\n");
+        }
+    };
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            flush(&mut out, &section);
+            section = Some((index, None));
+            index += 1;
+        } else if let (Some(mid), Some((_, slot))) = (line.strip_prefix("a=mid:"), section.as_mut())
+        {
+            *slot = Some(mid.trim().to_owned());
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    flush(&mut out, &section);
+    out
+}
+
+/// The candidates in a trickle-ice-sdpfrag body; `None` for `a=end-of-candidates`.
+pub fn fragment_candidates(fragment: &str) -> Vec<Option<IceCandidate>> {
+    let mut mid = None;
+    let mut ufrag = None;
+    let mut found = Vec::new();
+    for line in fragment.lines().map(str::trim) {
+        if let Some(value) = line.strip_prefix("a=mid:") {
+            mid = Some(value.to_owned());
+        } else if let Some(value) = line.strip_prefix("a=ice-ufrag:") {
+            ufrag = Some(value.to_owned());
+        } else if let Some(value) = line.strip_prefix("a=candidate:") {
+            found.push(Some(IceCandidate {
+                candidate: format!("candidate:{value}"),
+                sdp_mid: mid.clone(),
+                sdp_m_line_index: if mid.is_none() { Some(0) } else { None },
+                username_fragment: ufrag.clone(),
+            }));
+        } else if line == "a=end-of-candidates" {
+            found.push(None);
+        }
+    }
+    found
+}
+
+/// `Link` header values for `servers`, as WHEP players read them.
+fn ice_links(servers: &[IceServer]) -> Vec<String> {
+    let mut links = Vec::new();
+    for server in servers {
+        for url in &server.urls {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(user), Some(credential)) = (&server.username, &server.credential) {
+                link.push_str(&format!(
+                    "; username=\"{user}\"; credential=\"{credential}\"; credential-type=\"password\""
+                ));
+            }
+            links.push(link);
+        }
+    }
+    links
+}
+
+/// A refusal: its status and the reason, sent as plain text.
+#[derive(Debug)]
+struct Problem(StatusCode, String);
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        problem(self.0, &self.1)
+    }
+}
+
+fn problem(status: StatusCode, why: &str) -> Response {
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{why}\n"),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"peercam\""),
+        );
+    }
+    response
+}
+
+/// Lets players on other origins use the endpoint.
+fn with_cors(mut response: Response) -> Response {
+    let out = response.headers_mut();
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("OPTIONS, POST, PATCH, DELETE"),
+    );
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    out.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, Link, ETag, Accept-Patch, Accept-Post"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=sendonly\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
+
+    fn candidate(text: &str, mid: Option<&str>, index: Option<u16>) -> IceCandidate {
+        IceCandidate {
+            candidate: text.into(),
+            sdp_mid: mid.map(Into::into),
+            sdp_m_line_index: index,
+            username_fragment: None,
+        }
+    }
+
+    #[test]
+    fn candidates_land_in_their_sections() {
+        let merged = with_candidates(
+            ANSWER,
+            &[
+                candidate(
+                    "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
+                    Some("0"),
+                    Some(0),
+                ),
+                candidate(
+                    "candidate:2 1 udp 2130706431 127.0.0.1 5002 typ host",
+                    Some("1"),
+                    None,
+                ),
+            ],
+        );
+        let video = merged.split("m=audio").next().unwrap();
+        let audio = merged.split("m=audio").nth(1).unwrap();
+        assert!(video.contains("a=candidate:1 1 udp"), "{merged}");
+        assert!(!video.contains("a=candidate:2"), "{merged}");
+        assert!(audio.contains("a=candidate:2 1 udp"), "{merged}");
+        assert_eq!(merged.matches("a=end-of-candidates").count(), 2);
+        assert!(check_offer(&merged).is_ok());
+    }
+
+    #[test]
+    fn no_candidates_leaves_the_answer_alone() {
+        assert_eq!(with_candidates(ANSWER, &[]), ANSWER);
+    }
+
+    #[test]
+    fn fragments_give_candidates_with_their_mid() {
+        let fragment = "a=ice-ufrag:abcd\r\na=ice-pwd:secret\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 1 10.0.0.2 4000 typ host\r\na=end-of-candidates\r\n";
+        let found = fragment_candidates(fragment);
+        assert_eq!(found.len(), 2);
+        let first = found[0].as_ref().unwrap();
+        assert_eq!(
+            first.candidate,
+            "candidate:1 1 udp 1 10.0.0.2 4000 typ host"
+        );
+        assert_eq!(first.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(first.username_fragment.as_deref(), Some("abcd"));
+        assert!(found[1].is_none());
+    }
+
+    #[test]
+    fn malformed_offers_are_refused_with_a_reason() {
+        assert!(check_offer("hello").is_err());
+        assert!(check_offer("v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n").is_err());
+    }
+
+    #[test]
+    fn tokens_name_the_viewer() {
+        let whep = Whep::new(&[("grandma".to_owned(), "s3cret-token".to_owned())].into());
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            whep.viewer(&headers).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
+        assert_eq!(
+            whep.viewer(&headers).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret-token"),
+        );
+        assert_eq!(whep.viewer(&headers).unwrap(), "grandma");
+        assert_eq!(
+            Whep::new(&Default::default())
+                .viewer(&HeaderMap::new())
+                .unwrap(),
+            ANONYMOUS_VIEWER
+        );
+    }
+}
