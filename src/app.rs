@@ -217,7 +217,8 @@ async fn start_phonebook(
     })?;
     let addr = listener.local_addr()?;
     let server = PhonebookServer::new(settings.ice.servers.clone())
-        .with_whep(crate::signalling::whep::Whep::new(&settings.whep.viewers));
+        .with_access(settings.access.clone())
+        .with_limits(settings.limits);
     let task = tokio::spawn(async move {
         if let Err(err) = server
             .serve(listener, async move { shutdown.cancelled().await })

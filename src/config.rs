@@ -52,21 +52,15 @@ pub struct Settings {
     /// Microphone and speaker.
     #[serde(default)]
     pub audio: crate::media::audio::AudioSettings,
-    /// Plain-HTTP viewers (WHEP players) and their tokens.
+    /// Who may register, list and call on the phonebook this daemon serves.
     #[serde(default)]
-    pub whep: WhepSettings,
+    pub access: crate::signalling::access::AccessSettings,
+    /// What one client may ask of that phonebook.
+    #[serde(default)]
+    pub limits: crate::signalling::server::Limits,
     /// Registration on a stock PeerJS server as well.
     #[serde(default)]
     pub peerjs: PeerJsSettings,
-}
-
-/// Who may play a camera with a WHEP player (`POST /whep/<callee>` on the phonebook).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WhepSettings {
-    /// Viewer name → bearer token. The name is the caller name the device sees. When
-    /// empty, any player may ring without a token (the buttons or the policy decide).
-    pub viewers: std::collections::BTreeMap<String, String>,
 }
 
 /// Where the device also registers as a PeerJS peer, so stock `peerjs` clients can call.
@@ -111,6 +105,9 @@ pub struct DeviceSettings {
     pub phonebook: Option<String>,
     /// The control socket of the simulated buttons.
     pub control: Option<PathBuf>,
+    /// The device token the phonebook knows this callee name by (`[access.devices]` on
+    /// the phonebook); sent in `hello`.
+    pub token: Option<crate::signalling::protocol::Secret>,
 }
 
 impl Default for DeviceSettings {
@@ -120,6 +117,7 @@ impl Default for DeviceSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             phonebook: None,
             control: None,
+            token: None,
         }
     }
 }
@@ -536,10 +534,18 @@ impl Settings {
                 );
             }
         }
-        for (viewer, token) in &self.whep.viewers {
-            if token.len() < 8 {
-                bail!("the WHEP token of {viewer:?} is shorter than 8 characters");
-            }
+        self.access
+            .validate()
+            .map_err(|why| anyhow::anyhow!("access: {why}"))?;
+        if self.call.answer == AnswerPolicy::Auto
+            && self.device.phonebook.is_none()
+            && self.access.callers == crate::signalling::access::CallerMode::Open
+            && !self.device.listen.ip().is_loopback()
+        {
+            bail!(
+                "answer = \"auto\" with access.callers = \"open\" would let anyone on the network watch this camera: \
+                 set access.callers to \"passphrase\" or \"users\", or listen on 127.0.0.1 only"
+            );
         }
         Ok(())
     }

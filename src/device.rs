@@ -164,6 +164,7 @@ pub async fn run(
         Registration {
             name: name.clone(),
             meta: registration_meta(&settings),
+            token: settings.device.token.clone(),
         },
         event_tx,
         out_rx,
@@ -747,7 +748,9 @@ impl Device {
     async fn ring(&mut self, call_id: String, route: Route, meta: &Value, offer: String) {
         let caller = caller_name(meta);
         let admission = self.rules.admit(
-            meta.get("callerName").and_then(Value::as_str),
+            meta.get("user")
+                .or_else(|| meta.get("callerName"))
+                .and_then(Value::as_str),
             self.calls.len(),
             self.dnd,
         );
@@ -808,7 +811,12 @@ impl Device {
                     return;
                 }
                 let mut meta = match metadata {
-                    Value::Object(map) => Value::Object(map),
+                    Value::Object(mut map) => {
+                        // Only a phonebook can vouch for a user name; a PeerJS caller could
+                        // claim any.
+                        map.remove("user");
+                        Value::Object(map)
+                    }
                     _ => json!({}),
                 };
                 if caller_name(&meta) == "someone" {
@@ -901,10 +909,11 @@ fn peerjs_call_id(connection_id: &str) -> String {
     format!("peerjs-{connection_id}")
 }
 
-/// The caller's name from its metadata (`callerName`, as deepstream's examples use), or
-/// "someone".
+/// The caller's name from its metadata: the user name the phonebook verified (`user`),
+/// else `callerName` (as deepstream's examples use) or `name`, else "someone".
 fn caller_name(meta: &Value) -> String {
-    meta.get("callerName")
+    meta.get("user")
+        .or_else(|| meta.get("callerName"))
         .or_else(|| meta.get("name"))
         .and_then(Value::as_str)
         .map(|s| s.chars().take(64).collect())

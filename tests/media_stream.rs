@@ -196,6 +196,7 @@ async fn audio_goes_both_ways() {
         CallOptions {
             send_audio: Some(voice),
             receive_audio: true,
+            ..CallOptions::default()
         },
     )
     .await

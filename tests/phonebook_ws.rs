@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use peercam::signalling::access::CallerMode;
 use peercam::signalling::protocol::{
     Callee, ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Presence,
     ServerMessage,
@@ -93,6 +94,7 @@ impl Client {
         self.send(&ClientMessage::Hello {
             version,
             agent: Some("phonebook_ws test".into()),
+            token: None,
         })
         .await;
     }
@@ -261,6 +263,7 @@ async fn hello_gets_welcome_with_the_ice_servers() {
             version: PROTOCOL_VERSION,
             server: format!("peercam/{}", env!("CARGO_PKG_VERSION")),
             ice_servers: ice,
+            auth: CallerMode::Open,
         }
     );
     // A second hello is a protocol error, not a reason to close.

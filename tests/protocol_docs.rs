@@ -49,6 +49,10 @@ const ERROR_CODES: &[&str] = &[
     "unknown_call",
     "duplicate_call",
     "not_registered",
+    "unauthorized",
+    "forbidden",
+    "rate_limited",
+    "too_many_calls",
 ];
 
 // These matches have no wildcard arm on purpose: adding a variant to the protocol stops the
@@ -83,6 +87,10 @@ fn error_code_tag(code: ErrorCode) -> &'static str {
         ErrorCode::UnknownCall => "unknown_call",
         ErrorCode::DuplicateCall => "duplicate_call",
         ErrorCode::NotRegistered => "not_registered",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::TooManyCalls => "too_many_calls",
     }
 }
 

@@ -4,6 +4,7 @@ import { Phonebook } from './phonebook.js';
 
 const NAME_KEY = 'peercam.callerName';
 const REACHABLE_KEY = 'peercam.reachableName';
+const TOKEN_KEY = 'peercam.token';
 const TERMINAL = new Set(['ENDED', 'DECLINED', 'ERROR']);
 const PRESENCE_TEXT = { available: 'available', ringing: 'ringing', in_call: 'in call', dnd: 'do not disturb' };
 const CONNECTION_TEXT = { connecting: 'Connecting…', open: 'Online', closed: 'Offline, reconnecting…' };
@@ -41,9 +42,23 @@ const ui = {
   messageForm: $('message-form'),
   messageInput: $('message-input'),
   messageSend: $('message-send'),
+  tokenField: $('token-field'),
+  token: $('token'),
+  tokenUse: $('token-use'),
+  tokenStatus: $('token-status'),
 };
 
-const pb = new Phonebook(undefined, { agent: 'peercam-web/0.1' });
+// localStorage throws in some private modes; the names are a convenience, not a must.
+const load = key => { try { return localStorage.getItem(key) ?? ''; } catch { return ''; } };
+const save = (key, value) => { try { localStorage.setItem(key, value); } catch {} };
+
+// A link may carry the token (`…/#token=…`): keep it, and take it out of the address bar.
+const linkToken = new URLSearchParams(location.hash.slice(1)).get('token');
+if (linkToken) {
+  save(TOKEN_KEY, linkToken);
+  history.replaceState(null, '', location.pathname + location.search);
+}
+const pb = new Phonebook(undefined, { agent: 'peercam-web/0.1', token: load(TOKEN_KEY) });
 /** The call shown in the panel (running or just over). */
 let call = null;
 /** An incoming call waiting on the prompt. */
@@ -54,9 +69,6 @@ let online = null;
 /** True between pressing "Go online" and the phonebook's answer. */
 let goingOnline = false;
 
-// localStorage throws in some private modes; the names are a convenience, not a must.
-const load = key => { try { return localStorage.getItem(key) ?? ''; } catch { return ''; } };
-const save = (key, value) => { try { localStorage.setItem(key, value); } catch {} };
 ui.name.value = load(NAME_KEY);
 ui.reachableName.value = load(REACHABLE_KEY);
 ui.name.addEventListener('input', () => save(NAME_KEY, ui.name.value.trim()));
@@ -76,6 +88,26 @@ pb.on('connection', state => {
     else setReachableStatus('Reconnecting to the phonebook… you are reachable again once it is back.');
   }
 });
+
+// The token field shows where the phonebook wants one, or when the one given is refused.
+pb.on('auth', auth => {
+  ui.tokenField.hidden = auth === 'open';
+  if (auth !== 'open') ui.tokenStatus.textContent = pb.token ? 'Signed in with your token.' : 'This phonebook lets in only people with a token or passphrase.';
+});
+pb.on('error', err => {
+  if (err.code !== 'unauthorized' && err.code !== 'forbidden') return;
+  ui.tokenField.hidden = false;
+  ui.tokenStatus.textContent = err.message;
+});
+function useToken() {
+  const token = ui.token.value.trim();
+  save(TOKEN_KEY, token);
+  ui.token.value = '';
+  ui.tokenStatus.textContent = token ? 'Checking…' : 'Token removed.';
+  pb.setToken(token);
+}
+ui.tokenUse.addEventListener('click', useToken);
+ui.token.addEventListener('keydown', event => { if (event.key === 'Enter') useToken(); });
 
 pb.on('registrationLost', (name, err) => {
   if (online?.name !== name) return;

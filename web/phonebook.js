@@ -63,11 +63,17 @@ function protocolError(message, code) {
 
 /** A connection to a peercam phonebook; reconnects by itself until `close()`. */
 export class Phonebook extends Emitter {
-  /** Connects to `url` (default: `/ws` on this page's host); `options.agent` names the client in the server's logs. */
+  /**
+   * Connects to `url` (default: `/ws` on this page's host); `options.agent` names the client
+   * in the server's logs, `options.token` is the user token or passphrase the phonebook asks for.
+   */
   constructor(url = defaultUrl(), options = {}) {
     super();
     this.url = url;
     this.agent = options.agent ?? 'peercam-web/0.1';
+    this.token = options.token || null;
+    /** Who may call on this phonebook, from its welcome: 'open', 'passphrase' or 'users'. */
+    this.auth = null;
     /** 'connecting' | 'open' | 'closed'; 'open' means the server answered `welcome`. */
     this.connectionState = 'connecting';
     this.iceServers = [];
@@ -172,6 +178,15 @@ export class Phonebook extends Emitter {
     if (reg.confirmed) this._send({ type: 'set_presence', name, presence });
   }
 
+  /** Uses `token` (a user token or the passphrase) from the next connection on, reconnecting now. */
+  setToken(token) {
+    this.token = token || null;
+    clearTimeout(this._retryTimer);
+    this._attempt = 0;
+    if (this._ws) this._ws.close();
+    else this._connect();
+  }
+
   /** Ends every call, closes the socket and stops reconnecting. */
   close() {
     this._stopped = true;
@@ -198,7 +213,11 @@ export class Phonebook extends Emitter {
     }
     this._ws = ws;
     this._welcomeTimer = setTimeout(() => ws.close(), WELCOME_TIMEOUT_MS);
-    ws.onopen = () => ws.send(JSON.stringify({ type: 'hello', version: PROTOCOL_VERSION, agent: this.agent }));
+    ws.onopen = () => {
+      const hello = { type: 'hello', version: PROTOCOL_VERSION, agent: this.agent };
+      if (this.token) hello.token = this.token;
+      ws.send(JSON.stringify(hello));
+    };
     ws.onmessage = event => {
       let msg;
       try { msg = JSON.parse(event.data); } catch { return; }
@@ -258,6 +277,8 @@ export class Phonebook extends Emitter {
       case 'welcome':
         clearTimeout(this._welcomeTimer);
         this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+        this.auth = typeof msg.auth === 'string' ? msg.auth : 'open';
+        this._emit('auth', this.auth);
         this._attempt = 0;
         this._generation++;
         this._setConnectionState('open');
@@ -281,7 +302,7 @@ export class Phonebook extends Emitter {
         return this._onIncomingCall(msg);
       case 'error':
         if (msg.call_id !== undefined) return this._calls.get(msg.call_id)?._handle(msg);
-        if ((msg.code === 'name_taken' || msg.code === 'invalid_name') && this._pendingRegisters.length) {
+        if (['name_taken', 'invalid_name', 'unauthorized', 'forbidden'].includes(msg.code) && this._pendingRegisters.length) {
           return this._onRegisterRefused(this._pendingRegisters.shift(), protocolError(msg.message, msg.code));
         }
         console.warn(`peercam: phonebook error ${msg.code}: ${msg.message}`);

@@ -26,7 +26,9 @@ use webrtc::track::track_remote::TrackRemote;
 use super::peer::{RtcEngine, add_track, send_frames};
 use crate::media::Codec;
 use crate::media::fanout::Feed;
-use crate::signalling::protocol::{ClientMessage, IceCandidate, PROTOCOL_VERSION, ServerMessage};
+use crate::signalling::protocol::{
+    ClientMessage, IceCandidate, PROTOCOL_VERSION, Secret, ServerMessage,
+};
 
 /// What happens to an outgoing call.
 #[derive(Clone)]
@@ -77,6 +79,8 @@ pub struct CallOptions {
     pub send_audio: Option<Feed>,
     /// Offer to receive the camera's sound.
     pub receive_audio: bool,
+    /// The user token or passphrase the phonebook asks for.
+    pub token: Option<String>,
 }
 
 /// An outgoing call with its own phonebook connection and peer connection.
@@ -118,6 +122,7 @@ impl Caller {
         let hello = ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             agent: Some("peercam-caller".into()),
+            token: options.token.clone().map(Secret),
         };
         socket.send(text(&hello)).await?;
         loop {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
-use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Secret, ServerMessage};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
@@ -35,6 +35,8 @@ pub struct Registration {
     pub name: String,
     /// Metadata shown in the phonebook.
     pub meta: Value,
+    /// The device token the phonebook knows this name by, if it asks for one.
+    pub token: Option<Secret>,
 }
 
 /// Keeps the device registered on the phonebook at `url` until every sender of
@@ -104,6 +106,7 @@ async fn session(
         .send(send(&ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             agent: Some(format!("peercam/{}", env!("CARGO_PKG_VERSION"))),
+            token: registration.token.clone(),
         }))
         .await?;
     socket
@@ -133,6 +136,11 @@ async fn session(
                         registration.name
                     )
                 }
+                Ok(ServerMessage::Error {
+                    code: ErrorCode::Unauthorized | ErrorCode::Forbidden,
+                    message,
+                    ..
+                }) => bail!("refused: {message} (check device.token)"),
                 Ok(ServerMessage::Error { message, .. }) => bail!("refused: {message}"),
                 Ok(other) => debug!(?other, "ignored during the handshake"),
                 Err(err) => bail!("unexpected reply: {err}"),

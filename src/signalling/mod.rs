@@ -1,5 +1,6 @@
 //! Signalling: the protocol types, the phonebook server, and the device's client.
 
+pub mod access;
 pub mod client;
 pub mod peerjs;
 pub mod phonebook;

@@ -29,6 +29,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reconnect waits for OPEN or a refusal before taking silence as re-attached.
+const REATTACH_WAIT: Duration = Duration::from_secs(2);
 /// Longest envelope read from the server.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Candidates kept for connections whose offer has not arrived.
@@ -360,8 +362,9 @@ pub async fn run(
 ) {
     let token = format!("{:x}", rand::random::<u64>());
     let mut pause = FIRST_PAUSE;
+    let mut ever_opened = false;
     loop {
-        match session(&target, &token, &events, &mut commands).await {
+        match session(&target, &token, &mut ever_opened, &events, &mut commands).await {
             Ok(true) => return,
             Ok(false) => pause = FIRST_PAUSE,
             Err(err) => {
@@ -389,6 +392,7 @@ pub async fn run(
 async fn session(
     target: &PeerJsTarget,
     token: &str,
+    ever_opened: &mut bool,
     events: &mpsc::UnboundedSender<PeerJsEvent>,
     commands: &mut mpsc::UnboundedReceiver<PeerJsCommand>,
 ) -> anyhow::Result<bool> {
@@ -422,9 +426,22 @@ async fn session(
         }
         Err(anyhow!("closed before OPEN"))
     };
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
-        .await
-        .context("timed out waiting for OPEN")??;
+    // A server that still holds our id from before (same token) takes the new socket in
+    // its place without saying OPEN; only a refusal would come.
+    let wait = if *ever_opened {
+        REATTACH_WAIT
+    } else {
+        HANDSHAKE_TIMEOUT
+    };
+    let first = match tokio::time::timeout(wait, opened).await {
+        Ok(result) => result?,
+        Err(_) if *ever_opened => {
+            debug!("no OPEN: the server re-attached our id to the new connection");
+            vec![PeerJsEvent::Open]
+        }
+        Err(_) => bail!("timed out waiting for OPEN"),
+    };
+    *ever_opened = true;
     info!(server = %target.socket_url, id = %target.id, "registered on the PeerJS server");
     for event in first {
         let _ = events.send(event);

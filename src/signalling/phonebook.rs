@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
+use super::access::{AccessSettings, Identity, Refused};
 use super::protocol::{
     Callee, ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, Presence, ServerMessage,
     validate_call_id, validate_name,
@@ -20,6 +21,19 @@ pub type ConnId = u64;
 /// Frames above this size get a `too_large` error instead of being parsed.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Longest SDP (offer or answer) relayed, in bytes.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+
+/// Longest ICE candidate line relayed, in bytes.
+pub const MAX_CANDIDATE_BYTES: usize = 1024;
+
+/// Unanswered calls one connection may have at once, unless set otherwise.
+pub const DEFAULT_PENDING_CALLS: usize = 4;
+
+/// Where the STUN/TURN servers handed out in `welcome` come from: a fixed list, or
+/// credentials made fresh for each connection (coturn's time-limited ones).
+pub type IceSource = Box<dyn Fn() -> Vec<IceServer> + Send>;
+
 /// What the socket layer must do after the phonebook handled an input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -29,11 +43,23 @@ pub enum Output {
     Close(ConnId),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Connection {
     greeted: bool,
     listening: bool,
     names: BTreeSet<String>,
+    identity: Identity,
+}
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection {
+            greeted: false,
+            listening: false,
+            names: BTreeSet::new(),
+            identity: Identity::Anonymous,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,25 +79,61 @@ struct Route {
 
 /// The phonebook: who is registered under which name, who listens, and which calls are
 /// being routed between which connections.
-#[derive(Debug)]
 pub struct Phonebook {
     server_name: String,
-    ice_servers: Vec<IceServer>,
+    ice_servers: IceSource,
+    access: AccessSettings,
+    pending_calls: usize,
     connections: HashMap<ConnId, Connection>,
     callees: BTreeMap<String, Registration>,
     calls: HashMap<String, Route>,
 }
 
+impl std::fmt::Debug for Phonebook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phonebook")
+            .field("callees", &self.callees)
+            .field("calls", &self.calls)
+            .field("connections", &self.connections.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Phonebook {
-    /// An empty phonebook that hands `ice_servers` to every client in `welcome`.
+    /// An empty, open phonebook that hands `ice_servers` to every client in `welcome`.
     pub fn new(ice_servers: Vec<IceServer>) -> Self {
         Phonebook {
             server_name: format!("peercam/{}", env!("CARGO_PKG_VERSION")),
-            ice_servers,
+            ice_servers: Box::new(move || ice_servers.clone()),
+            access: AccessSettings::default(),
+            pending_calls: DEFAULT_PENDING_CALLS,
             connections: HashMap::new(),
             callees: BTreeMap::new(),
             calls: HashMap::new(),
         }
+    }
+
+    /// The same phonebook, letting in only whom `access` allows.
+    pub fn with_access(mut self, access: AccessSettings) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The same phonebook, with the ICE servers made by `source` for each `welcome`.
+    pub fn with_ice_source(mut self, source: IceSource) -> Self {
+        self.ice_servers = source;
+        self
+    }
+
+    /// The same phonebook, allowing each connection `limit` unanswered calls at once.
+    pub fn with_pending_calls(mut self, limit: usize) -> Self {
+        self.pending_calls = limit.max(1);
+        self
+    }
+
+    /// Who a connection proved to be (anonymous until its `hello`).
+    pub fn identity(&self, conn: ConnId) -> Option<&Identity> {
+        self.connections.get(&conn).map(|c| &c.identity)
     }
 
     /// A new connection opened.
@@ -114,7 +176,11 @@ impl Phonebook {
     /// Before `hello` that ends the connection with `hello_required`; after it, the
     /// client gets `code` and may go on.
     pub fn invalid(&mut self, conn: ConnId, code: ErrorCode, why: String) -> Vec<Output> {
-        let greeted = self.connections.get(&conn).is_some_and(|c| c.greeted);
+        // A frame read after the connection was dropped (a stalled client) has nobody to
+        // answer, as in `handle`.
+        let Some(greeted) = self.connections.get(&conn).map(|c| c.greeted) else {
+            return Vec::new();
+        };
         if greeted {
             vec![error(conn, code, why, None)]
         } else {
@@ -137,16 +203,23 @@ impl Phonebook {
         };
         if !state.greeted {
             return match msg {
-                ClientMessage::Hello { version, .. } if version == PROTOCOL_VERSION => {
-                    state.greeted = true;
-                    vec![Output::Send(
-                        conn,
-                        ServerMessage::Welcome {
-                            version: PROTOCOL_VERSION,
-                            server: self.server_name.clone(),
-                            ice_servers: self.ice_servers.clone(),
-                        },
-                    )]
+                ClientMessage::Hello { version, token, .. } if version == PROTOCOL_VERSION => {
+                    match self.access.identify(token.as_ref().map(|t| t.expose())) {
+                        Ok(identity) => {
+                            state.greeted = true;
+                            state.identity = identity;
+                            vec![Output::Send(
+                                conn,
+                                ServerMessage::Welcome {
+                                    version: PROTOCOL_VERSION,
+                                    server: self.server_name.clone(),
+                                    ice_servers: (self.ice_servers)(),
+                                    auth: self.access.callers,
+                                },
+                            )]
+                        }
+                        Err(refused) => vec![refusal(conn, refused, None), Output::Close(conn)],
+                    }
                 }
                 ClientMessage::Hello { version, .. } => vec![
                     Output::Send(
@@ -191,6 +264,9 @@ impl Phonebook {
                 self.set_presence(conn, &name, presence)
             }
             ClientMessage::Listen => {
+                if let Err(refused) = self.access.may_listen(&state.identity) {
+                    return vec![refusal(conn, refused, None)];
+                }
                 state.listening = true;
                 vec![Output::Send(
                     conn,
@@ -214,6 +290,9 @@ impl Phonebook {
                     call_id: call_id.clone(),
                 })
             }
+            ClientMessage::Accept { call_id, sdp } if sdp.len() > MAX_SDP_BYTES => {
+                vec![sdp_too_large(conn, &call_id, sdp.len())]
+            }
             ClientMessage::Accept { call_id, sdp } => self.accept(conn, call_id, sdp),
             ClientMessage::Decline { call_id, reason } => {
                 let mut out = self.relay_from_callee(conn, &call_id, |_| ServerMessage::Declined {
@@ -224,6 +303,23 @@ impl Phonebook {
                     out.extend(self.end_call(&call_id));
                 }
                 out
+            }
+            ClientMessage::Candidate {
+                call_id,
+                candidate: Some(candidate),
+            } if candidate.candidate.len() > MAX_CANDIDATE_BYTES
+                || candidate.sdp_mid.as_ref().is_some_and(|m| m.len() > 64)
+                || candidate
+                    .username_fragment
+                    .as_ref()
+                    .is_some_and(|u| u.len() > 256) =>
+            {
+                vec![error(
+                    conn,
+                    ErrorCode::TooLarge,
+                    format!("candidates are limited to {MAX_CANDIDATE_BYTES} bytes"),
+                    Some(&call_id),
+                )]
             }
             ClientMessage::Candidate { call_id, candidate } => self.relay_to_other_end(
                 conn,
@@ -275,13 +371,16 @@ impl Phonebook {
             .collect();
         ended.sort();
         for (call_id, other, reason) in ended {
-            out.push(Output::Send(
-                other,
-                ServerMessage::Hangup {
-                    call_id: call_id.clone(),
-                    reason: reason.into(),
-                },
-            ));
+            // A connection that called one of its own names is both ends: nobody is left.
+            if other != conn {
+                out.push(Output::Send(
+                    other,
+                    ServerMessage::Hangup {
+                        call_id: call_id.clone(),
+                        reason: reason.into(),
+                    },
+                ));
+            }
             out.extend(self.end_call(&call_id));
         }
         for name in state.names {
@@ -301,6 +400,12 @@ impl Phonebook {
                 "meta must be a JSON object",
                 None,
             )];
+        }
+        let identity = self.connections.get(&conn).map(|c| &c.identity);
+        if let Some(identity) = identity
+            && let Err(refused) = self.access.may_register(identity, &name)
+        {
+            return vec![refusal(conn, refused, None)];
         }
         match self.callees.get_mut(&name) {
             Some(existing) if existing.owner != conn => {
@@ -417,6 +522,41 @@ impl Phonebook {
                 format!("a call with id {call_id:?} already exists"),
                 Some(&call_id),
             )];
+        }
+        if sdp.len() > MAX_SDP_BYTES {
+            return vec![sdp_too_large(conn, &call_id, sdp.len())];
+        }
+        let identity = self
+            .connections
+            .get(&conn)
+            .map(|c| c.identity.clone())
+            .unwrap_or(Identity::Anonymous);
+        if let Err(refused) = self.access.may_call(&identity, &callee) {
+            return vec![refusal(conn, refused, Some(&call_id))];
+        }
+        let pending = self
+            .calls
+            .values()
+            .filter(|r| r.caller == conn && !r.accepted)
+            .count();
+        if pending >= self.pending_calls {
+            return vec![error(
+                conn,
+                ErrorCode::TooManyCalls,
+                format!(
+                    "{pending} calls of this connection are still unanswered (the limit is {})",
+                    self.pending_calls
+                ),
+                Some(&call_id),
+            )];
+        }
+        // The callee learns who calls from the phonebook, not from what the caller claims.
+        let mut meta = meta;
+        if let Some(fields) = meta.as_object_mut() {
+            match identity.user() {
+                Some(user) => fields.insert("user".into(), Value::String(user.into())),
+                None => fields.remove("user"),
+            };
         }
         let Some(registration) = self.callees.get(&callee) else {
             return vec![error(
@@ -570,6 +710,22 @@ fn error(
     Output::Send(conn, ServerMessage::error(code, message, call_id))
 }
 
+fn refusal(conn: ConnId, refused: Refused, call_id: Option<&str>) -> Output {
+    match refused {
+        Refused::Unauthorized(why) => error(conn, ErrorCode::Unauthorized, why, call_id),
+        Refused::Forbidden(why) => error(conn, ErrorCode::Forbidden, why, call_id),
+    }
+}
+
+fn sdp_too_large(conn: ConnId, call_id: &str, len: usize) -> Output {
+    error(
+        conn,
+        ErrorCode::TooLarge,
+        format!("an SDP of {len} bytes is over the limit of {MAX_SDP_BYTES}"),
+        Some(call_id),
+    )
+}
+
 fn unknown_call(conn: ConnId, call_id: &str) -> Output {
     error(
         conn,
@@ -602,6 +758,7 @@ mod tests {
             ClientMessage::Hello {
                 version: PROTOCOL_VERSION,
                 agent: None,
+                token: None,
             },
         );
         assert!(matches!(
@@ -660,6 +817,7 @@ mod tests {
             ClientMessage::Hello {
                 version: 99,
                 agent: None,
+                token: None,
             },
         );
         assert_eq!(codes(&out), vec![ErrorCode::UnsupportedVersion]);
@@ -891,5 +1049,151 @@ mod tests {
         assert_eq!(codes(&out), vec![ErrorCode::BadMessage]);
         assert_eq!(book.active_calls(), 1);
         assert_eq!(book.callees().len(), 1);
+    }
+
+    fn hello_with(book: &mut Phonebook, conn: ConnId, token: Option<&str>) -> Vec<Output> {
+        book.connect(conn);
+        book.handle(
+            conn,
+            ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+                agent: None,
+                token: token.map(|t| crate::signalling::protocol::Secret(t.into())),
+            },
+        )
+    }
+
+    fn guarded() -> Phonebook {
+        let access: AccessSettings = toml::from_str(
+            r#"
+            callers = "users"
+            users = { ray = "ray-token-1", eve = "eve-token-1" }
+            devices = { cam = "cam-token-1" }
+            [[rules]]
+            callee = "cam"
+            allow = ["ray"]
+            "#,
+        )
+        .unwrap();
+        Phonebook::new(Vec::new()).with_access(access)
+    }
+
+    #[test]
+    fn unknown_tokens_are_turned_away_at_hello() {
+        let mut book = guarded();
+        let out = hello_with(&mut book, 1, Some("guessed-token"));
+        assert_eq!(codes(&out), vec![ErrorCode::Unauthorized]);
+        assert_eq!(out[1], Output::Close(1));
+        // No token: welcome, but nothing else until it shows one.
+        let out = hello_with(&mut book, 2, None);
+        assert!(matches!(
+            &out[0],
+            Output::Send(_, ServerMessage::Welcome { auth, .. }) if *auth == crate::signalling::access::CallerMode::Users
+        ));
+        assert_eq!(
+            codes(&book.handle(2, ClientMessage::Listen)),
+            vec![ErrorCode::Unauthorized]
+        );
+    }
+
+    #[test]
+    fn a_device_name_needs_its_token_and_callers_their_rules() {
+        let mut book = guarded();
+        hello_with(&mut book, DEVICE, Some("cam-token-1"));
+        hello_with(&mut book, PAGE, Some("ray-token-1"));
+        hello_with(&mut book, OTHER, Some("eve-token-1"));
+        let register = |name: &str| ClientMessage::Register {
+            name: name.into(),
+            meta: json!({}),
+        };
+        // Eve cannot take the camera's name, even before the camera registers.
+        assert_eq!(
+            codes(&book.handle(OTHER, register("cam"))),
+            vec![ErrorCode::Unauthorized]
+        );
+        assert!(codes(&book.handle(DEVICE, register("cam"))).is_empty());
+        assert!(codes(&book.handle(OTHER, register("eve"))).is_empty());
+        assert_eq!(
+            codes(&book.handle(OTHER, register("ray"))),
+            vec![ErrorCode::Forbidden]
+        );
+        let call = |id: &str, meta: Value| ClientMessage::Call {
+            call_id: id.into(),
+            callee: "cam".into(),
+            meta,
+            sdp: "offer".into(),
+        };
+        assert_eq!(
+            codes(&book.handle(OTHER, call("e1", json!({})))),
+            vec![ErrorCode::Forbidden]
+        );
+        // Ray claims to be someone else; the camera is told who he is.
+        let out = book.handle(
+            PAGE,
+            call("r1", json!({"user": "admin", "callerName": "Ray"})),
+        );
+        let meta = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send(DEVICE, ServerMessage::IncomingCall { meta, .. }) => Some(meta),
+                _ => None,
+            })
+            .expect("the camera rings");
+        assert_eq!(meta["user"], "ray");
+        assert_eq!(meta["callerName"], "Ray");
+    }
+
+    #[test]
+    fn open_phonebooks_drop_a_claimed_user() {
+        let mut book = setup();
+        let out = book.handle(
+            PAGE,
+            ClientMessage::Call {
+                call_id: "c1".into(),
+                callee: "cam".into(),
+                meta: json!({"user": "admin"}),
+                sdp: "offer".into(),
+            },
+        );
+        assert!(matches!(
+            &out[0],
+            Output::Send(DEVICE, ServerMessage::IncomingCall { meta, .. }) if meta.get("user").is_none()
+        ));
+    }
+
+    #[test]
+    fn unanswered_calls_and_sdp_size_are_limited() {
+        let mut book = setup().with_pending_calls(2);
+        assert!(codes(&call(&mut book, "c1")).is_empty());
+        assert!(codes(&call(&mut book, "c2")).is_empty());
+        assert_eq!(codes(&call(&mut book, "c3")), vec![ErrorCode::TooManyCalls]);
+        // Answered calls no longer count.
+        book.handle(
+            DEVICE,
+            ClientMessage::Accept {
+                call_id: "c1".into(),
+                sdp: "answer".into(),
+            },
+        );
+        assert!(codes(&call(&mut book, "c3")).is_empty());
+        let big = book.handle(
+            OTHER,
+            ClientMessage::Call {
+                call_id: "big".into(),
+                callee: "cam".into(),
+                meta: json!({}),
+                sdp: "x".repeat(MAX_SDP_BYTES + 1),
+            },
+        );
+        assert_eq!(codes(&big), vec![ErrorCode::TooLarge]);
+        let answer = book.handle(
+            DEVICE,
+            ClientMessage::Accept {
+                call_id: "c2".into(),
+                sdp: "x".repeat(MAX_SDP_BYTES + 1),
+            },
+        );
+        assert_eq!(codes(&answer), vec![ErrorCode::TooLarge]);
+        assert_eq!(book.active_calls(), 3);
     }
 }

@@ -33,6 +33,10 @@ pub enum ClientMessage {
         /// Free text naming the client software, for logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<String>,
+        /// A device token, user token or passphrase, when the phonebook asks for one
+        /// (its `welcome` says which `auth` it uses).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<Secret>,
     },
     /// Offer calls under `name`, described by `meta` (shown in the callee list).
     Register {
@@ -118,6 +122,9 @@ pub enum ServerMessage {
         /// STUN/TURN servers the page should use (may be empty on a LAN).
         #[serde(default)]
         ice_servers: Vec<IceServer>,
+        /// Who may call on this phonebook: `open`, `passphrase` or `users`.
+        #[serde(default)]
+        auth: super::access::CallerMode,
     },
     /// A `register` succeeded.
     Registered {
@@ -224,6 +231,33 @@ pub enum ErrorCode {
     DuplicateCall,
     /// The name was not registered by this connection.
     NotRegistered,
+    /// No credentials, or unknown ones (`hello.token`); after `hello` the server closes.
+    Unauthorized,
+    /// The credentials are known but do not allow this (a rule, someone else's name).
+    Forbidden,
+    /// The connection sends more messages per second than the server accepts; the
+    /// message was dropped.
+    RateLimited,
+    /// The caller already has as many unanswered calls as the server accepts.
+    TooManyCalls,
+}
+
+/// A token or passphrase: sent as a plain JSON string, never shown in logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Secret {
+    /// The secret's text, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Presence of a callee as shown in the phonebook.

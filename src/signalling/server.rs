@@ -5,10 +5,10 @@
 //! bounded outgoing queue: a client that stops reading fills it and is disconnected rather
 //! than holding up anyone else.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::access::{AccessSettings, Identity, Refused};
 use super::phonebook::{ConnId, Output, Phonebook};
 use super::protocol::{ClientMessage, ErrorCode, IceServer};
 use super::whep::{self, Whep};
@@ -69,6 +70,69 @@ pub struct PhonebookServer {
     connections: TaskTracker,
     whep: Arc<Whep>,
     ice_servers: Arc<Vec<IceServer>>,
+    access: Arc<AccessSettings>,
+    limits: Limits,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// How much one client may ask of the phonebook; each limit answers with a stable error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Messages per second one connection may send, on average (`rate_limited`).
+    pub messages_per_second: u32,
+    /// Messages one connection may send in a burst above that rate.
+    pub message_burst: u32,
+    /// WebSocket connections open at once from one IP address (HTTP 429 on the upgrade).
+    pub connections_per_address: usize,
+    /// Unanswered calls one connection may have at once (`too_many_calls`).
+    pub pending_calls: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            messages_per_second: 20,
+            message_burst: 60,
+            connections_per_address: 64,
+            pending_calls: super::phonebook::DEFAULT_PENDING_CALLS,
+        }
+    }
+}
+
+/// A token bucket: `rate` messages a second on average, `burst` at once.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket at `now`.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        RateLimit {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one message's worth at `now`; false when the bucket is empty.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl PhonebookServer {
@@ -77,6 +141,9 @@ impl PhonebookServer {
         PhonebookServer {
             ice_servers: Arc::new(ice_servers.clone()),
             whep: Arc::default(),
+            access: Arc::default(),
+            limits: Limits::default(),
+            per_address: Arc::default(),
             hub: Arc::new(Mutex::new(Hub {
                 book: Phonebook::new(ice_servers),
                 queues: HashMap::new(),
@@ -87,10 +154,38 @@ impl PhonebookServer {
         }
     }
 
-    /// The same server, letting WHEP players in as `whep` says.
-    pub fn with_whep(mut self, whep: Whep) -> Self {
-        self.whep = Arc::new(whep);
+    /// The same server, letting in only whom `access` allows (WHEP players included).
+    pub fn with_access(self, access: AccessSettings) -> Self {
+        {
+            let mut hub = self.lock();
+            let book = std::mem::replace(&mut hub.book, Phonebook::new(Vec::new()));
+            hub.book = book.with_access(access.clone());
+        }
+        PhonebookServer {
+            access: Arc::new(access),
+            ..self
+        }
+    }
+
+    /// The same server, with the ICE servers for each client made by `source` (fresh
+    /// time-limited TURN credentials, for instance).
+    pub fn with_ice_source(self, source: super::phonebook::IceSource) -> Self {
+        {
+            let mut hub = self.lock();
+            let book = std::mem::replace(&mut hub.book, Phonebook::new(Vec::new()));
+            hub.book = book.with_ice_source(source);
+        }
         self
+    }
+
+    /// The same server, with `limits`.
+    pub fn with_limits(self, limits: Limits) -> Self {
+        {
+            let mut hub = self.lock();
+            let book = std::mem::replace(&mut hub.book, Phonebook::new(Vec::new()));
+            hub.book = book.with_pending_calls(limits.pending_calls);
+        }
+        PhonebookServer { limits, ..self }
     }
 
     /// The axum router: `/`, the page's assets, `/ws`, `/api/callees` and `/whep/…`.
@@ -164,6 +259,16 @@ impl PhonebookServer {
         self.ice_servers.as_ref().clone()
     }
 
+    /// Who `token` makes a client, by the access settings.
+    pub(crate) fn identify(&self, token: Option<&str>) -> Result<Identity, Refused> {
+        self.access.identify(token)
+    }
+
+    /// Whether `who` may call `callee`, or why not.
+    pub(crate) fn may_call(&self, who: &Identity, callee: &str) -> Result<(), Refused> {
+        self.access.may_call(who, callee)
+    }
+
     /// Whether `name` is registered now.
     pub(crate) fn has_callee(&self, name: &str) -> bool {
         self.lock().book.callees().iter().any(|c| c.name == name)
@@ -189,6 +294,12 @@ impl PhonebookServer {
     fn text(&self, conn: ConnId, text: &str) {
         let mut hub = self.lock();
         let out = hub.book.handle_text(conn, text);
+        deliver(&mut hub, out);
+    }
+
+    fn refuse(&self, conn: ConnId, code: ErrorCode, why: &str) {
+        let mut hub = self.lock();
+        let out = hub.book.invalid(conn, code, why.to_owned());
         deliver(&mut hub, out);
     }
 
@@ -235,12 +346,59 @@ async fn upgrade(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let Some(slot) = AddressSlot::take(&server, peer.ip()) else {
+        warn!(address = %peer.ip(), "too many connections from one address; refused");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many connections from this address (the limit is {})\n",
+                server.limits.connections_per_address
+            ),
+        )
+            .into_response();
+    };
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             let tracker = server.connections.clone();
-            tracker.track_future(connection(server, socket, peer))
+            tracker.track_future(async move {
+                connection(server, socket, peer).await;
+                drop(slot);
+            })
         })
+}
+
+/// One of an address's connections; gives its place back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(server: &PhonebookServer, address: IpAddr) -> Option<AddressSlot> {
+        let mut counts = server.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if *count >= server.limits.connections_per_address {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: server.per_address.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr) {
@@ -273,6 +431,12 @@ async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr
 
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut last_heard = tokio::time::Instant::now();
+    let mut rate = RateLimit::new(
+        server.limits.messages_per_second,
+        server.limits.message_burst,
+        Instant::now(),
+    );
+    let mut dropped: u32 = 0;
     let closing = server.closing.clone();
     let mut writer = writer;
     loop {
@@ -288,7 +452,22 @@ async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr
             frame = stream.next() => {
                 last_heard = tokio::time::Instant::now();
                 match frame {
-                    Some(Ok(Message::Text(text))) => server.text(conn, text.as_str()),
+                    Some(Ok(Message::Text(text))) if rate.allow(Instant::now()) => server.text(conn, text.as_str()),
+                    Some(Ok(Message::Text(_))) => {
+                        dropped += 1;
+                        // One error per burst's worth is enough to tell the client; a client
+                        // that keeps flooding is cut off.
+                        if dropped % server.limits.message_burst.max(1) == 1 {
+                            server.refuse(conn, ErrorCode::RateLimited, &format!(
+                                "more than {} messages a second; messages are being dropped",
+                                server.limits.messages_per_second
+                            ));
+                        }
+                        if dropped > 10 * server.limits.message_burst.max(1) {
+                            warn!(conn, %peer, "client keeps flooding; disconnecting it");
+                            break;
+                        }
+                    }
                     Some(Ok(Message::Binary(_))) => server.invalid(conn, "binary frames are not part of the protocol; send JSON text"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,
@@ -336,5 +515,23 @@ fn asset(file: &str) -> Response {
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut limit = RateLimit::new(10, 5, start);
+        assert_eq!((0..8).filter(|_| limit.allow(start)).count(), 5);
+        // 0.3 s later three more have dripped in.
+        let later = start + Duration::from_millis(300);
+        assert_eq!((0..8).filter(|_| limit.allow(later)).count(), 3);
+        // A long pause refills no more than the burst.
+        let much_later = later + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| limit.allow(much_later)).count(), 5);
     }
 }

@@ -1,8 +1,9 @@
 //! WHEP: a plain HTTP viewer (a WHEP player) calls a camera on the phonebook.
 //!
 //! `POST /whep/<callee>` with an `application/sdp` offer rings the camera like any other
-//! caller: the phonebook sees a connection of its own that says `hello` and `call`, with
-//! the viewer's name (from its bearer token) as `callerName`. The request waits while the
+//! caller: the phonebook sees a connection of its own that says `hello` (with the bearer
+//! token as its token, so the phonebook's access rules apply as to any caller) and `call`.
+//! A user token names the viewer at the device; otherwise it is "WHEP viewer". The request waits while the
 //! camera rings; on accept it gets `201 Created` with the answer and a `Location`, on
 //! decline `403` with the device's reason. `DELETE` on the location hangs up, `PATCH`
 //! trickles the player's candidates, `OPTIONS` answers CORS and lists ICE servers.
@@ -24,8 +25,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::access::{Identity, Refused};
 use super::phonebook::ConnId;
-use super::protocol::{ClientMessage, IceCandidate, IceServer, PROTOCOL_VERSION, ServerMessage};
+use super::protocol::{
+    ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Secret, ServerMessage,
+};
 use super::server::{Outgoing, PhonebookServer};
 
 /// Largest offer or candidate fragment accepted, in bytes.
@@ -43,11 +47,9 @@ const MAX_SESSIONS: usize = 64;
 /// The caller name of a player when no tokens are configured.
 const ANONYMOUS_VIEWER: &str = "WHEP viewer";
 
-/// WHEP state of a phonebook: the viewers' tokens and the open sessions.
+/// The WHEP sessions open on a phonebook.
 #[derive(Debug, Default)]
 pub struct Whep {
-    /// Bearer token → viewer name; empty lets anyone ring.
-    tokens: HashMap<String, String>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
@@ -55,22 +57,11 @@ pub struct Whep {
 struct Session {
     conn: ConnId,
     callee: String,
-    viewer: String,
+    viewer: Identity,
     ended: CancellationToken,
 }
 
 impl Whep {
-    /// WHEP for the viewers in `viewers` (name → token).
-    pub fn new(viewers: &std::collections::BTreeMap<String, String>) -> Self {
-        Whep {
-            tokens: viewers
-                .iter()
-                .map(|(name, token)| (token.clone(), name.clone()))
-                .collect(),
-            sessions: Mutex::default(),
-        }
-    }
-
     /// Number of WHEP sessions in progress.
     pub fn sessions(&self) -> usize {
         self.lock().len()
@@ -79,33 +70,26 @@ impl Whep {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// The viewer a request speaks for, or why it may not.
-    fn viewer(&self, headers: &HeaderMap) -> Result<String, Problem> {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        if self.tokens.is_empty() {
-            return Ok(ANONYMOUS_VIEWER.into());
-        }
-        match given.and_then(|token| self.tokens.get(token)) {
-            Some(name) => Ok(name.clone()),
-            None => Err(Problem(
-                StatusCode::UNAUTHORIZED,
-                if given.is_some() {
-                    "this bearer token is not one of the camera's viewers"
-                } else {
-                    "a bearer token is required (Authorization: Bearer <token>)"
-                }
-                .into(),
-            )),
-        }
-    }
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Who a request speaks for, by the phonebook's access rules, or why it may not.
+fn viewer(server: &PhonebookServer, headers: &HeaderMap) -> Result<Identity, Problem> {
+    server
+        .identify(bearer(headers).as_deref())
+        .map_err(Problem::from)
 }
 
 /// `OPTIONS /whep/<callee>`: CORS, what may be posted, and (to a known viewer) the ICE
@@ -114,7 +98,7 @@ pub async fn options(State(server): State<PhonebookServer>, headers: HeaderMap) 
     let mut response = StatusCode::NO_CONTENT.into_response();
     let out = response.headers_mut();
     out.insert("accept-post", HeaderValue::from_static("application/sdp"));
-    if server.whep().viewer(&headers).is_ok() {
+    if viewer(&server, &headers).is_ok() {
         for link in ice_links(&server.ice_servers()) {
             if let Ok(value) = HeaderValue::from_str(&link) {
                 out.append(header::LINK, value);
@@ -141,10 +125,13 @@ async fn post_offer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let viewer = match server.whep().viewer(&headers) {
+    let viewer = match viewer(&server, &headers) {
         Ok(viewer) => viewer,
         Err(refused) => return refused.into_response(),
     };
+    if let Err(refused) = server.may_call(&viewer, &callee) {
+        return Problem::from(refused).into_response();
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -194,6 +181,7 @@ async fn post_offer(
         ClientMessage::Hello {
             version: PROTOCOL_VERSION,
             agent: Some("whep".into()),
+            token: bearer(&headers).map(Secret),
         },
     );
     server.message(
@@ -201,11 +189,11 @@ async fn post_offer(
         ClientMessage::Call {
             call_id: call_id.clone(),
             callee: callee.clone(),
-            meta: json!({"callerName": viewer, "via": "whep"}),
+            meta: json!({"callerName": ANONYMOUS_VIEWER, "via": "whep"}),
             sdp: sdp.to_owned(),
         },
     );
-    info!(%callee, %viewer, call = %call_id, "WHEP player calls");
+    info!(%callee, viewer = viewer.user().unwrap_or(ANONYMOUS_VIEWER), call = %call_id, "WHEP player calls");
 
     let answer =
         match tokio::time::timeout(ANSWER_TIMEOUT, wait_answer(&mut incoming, &call_id)).await {
@@ -335,7 +323,7 @@ fn owned_session(
     session: &str,
     headers: &HeaderMap,
 ) -> Result<ConnId, Problem> {
-    let viewer = server.whep().viewer(headers)?;
+    let viewer = viewer(server, headers)?;
     let sessions = server.whep().lock();
     match sessions.get(session) {
         Some(entry) if entry.callee == callee && entry.viewer == viewer => Ok(entry.conn),
@@ -374,7 +362,13 @@ async fn wait_answer(
             }
             ServerMessage::Error { code, message, .. } => {
                 let status = match code {
-                    super::protocol::ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
+                    ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
+                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                    ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                    ErrorCode::TooManyCalls | ErrorCode::RateLimited => {
+                        StatusCode::TOO_MANY_REQUESTS
+                    }
+                    ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 return Err(Problem(status, message));
@@ -564,6 +558,15 @@ fn ice_links(servers: &[IceServer]) -> Vec<String> {
 #[derive(Debug)]
 struct Problem(StatusCode, String);
 
+impl From<Refused> for Problem {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthorized(why) => Problem(StatusCode::UNAUTHORIZED, why),
+            Refused::Forbidden(why) => Problem(StatusCode::FORBIDDEN, why),
+        }
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         problem(self.0, &self.1)
@@ -676,31 +679,15 @@ mod tests {
     }
 
     #[test]
-    fn tokens_name_the_viewer() {
-        let whep = Whep::new(&[("grandma".to_owned(), "s3cret-token".to_owned())].into());
+    fn bearer_tokens_are_read_from_the_header() {
         let mut headers = HeaderMap::new();
-        assert_eq!(
-            whep.viewer(&headers).unwrap_err().0,
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(bearer(&headers), None);
         headers.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer nope"),
+            HeaderValue::from_static("Bearer  tok-1 "),
         );
-        assert_eq!(
-            whep.viewer(&headers).unwrap_err().0,
-            StatusCode::UNAUTHORIZED
-        );
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer s3cret-token"),
-        );
-        assert_eq!(whep.viewer(&headers).unwrap(), "grandma");
-        assert_eq!(
-            Whep::new(&Default::default())
-                .viewer(&HeaderMap::new())
-                .unwrap(),
-            ANONYMOUS_VIEWER
-        );
+        assert_eq!(bearer(&headers).as_deref(), Some("tok-1"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
     }
 }

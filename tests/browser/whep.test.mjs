@@ -12,6 +12,7 @@ import {
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CALLEE = 'whep-cam';
 const TOKEN = 'grandma-token-1';
+const DEVICE_TOKEN = 'camera-token-1';
 
 // The player as its README shows it: receive-only video and audio, Bearer token, stop()
 // sends DELETE to the session's Location.
@@ -47,7 +48,9 @@ describe('a stock WHEP player', () => {
     sock = path.join(bench.tmp, 'control.sock');
     baseUrl = await daemon.start(['run', '--board', 'dev', '--listen', '127.0.0.1:0', '--name', CALLEE,
       '--control', sock, '--no-terminal', '--set', 'ice.loopback=true', '--set', 'ice.interfaces=["lo"]',
-      '--set', `whep.viewers.grandma=${TOKEN}`]);
+      // Users mode: the player's bearer token is a user token; the camera needs its own.
+      '--set', 'access.callers="users"', '--set', `access.users.grandma=${TOKEN}`,
+      '--set', `access.devices.${CALLEE}="${DEVICE_TOKEN}"`, '--set', `device.token="${DEVICE_TOKEN}"`]);
     // Another origin than the daemon's, as a player on someone's own site would be: CORS
     // is part of what is tested.
     files = await serveFiles({
@@ -106,7 +109,9 @@ describe('a stock WHEP player', () => {
     let res = await post(offer);
     assert.equal(res.status, 401, await res.text());
     assert.match(res.headers.get('www-authenticate') ?? '', /^Bearer/);
-    assert.match(await post(offer, { authorization: 'Bearer wrong-token' }).then(r => r.text()), /not one of the camera's viewers/);
+    assert.match(await post(offer, { authorization: 'Bearer wrong-token' }).then(r => r.text()), /not known/);
+    res = await post(offer, { authorization: `Bearer ${DEVICE_TOKEN}` });
+    assert.equal(res.status, 403, 'a device token does not make a viewer');
     res = await post('this is not SDP', { authorization: `Bearer ${TOKEN}` });
     assert.equal(res.status, 400);
     assert.match(await res.text(), /not a usable offer/);
