@@ -53,24 +53,35 @@ pub async fn run(
     // The embedded phonebook outlives the device, so the hang-ups of a shutdown reach
     // the callers before it closes their sockets.
     let phonebook_stop = CancellationToken::new();
-    let phonebook_url = match &settings.device.phonebook {
+    let (phonebook_url, phonebook_tls) = match &settings.device.phonebook {
         Some(url) => {
             println!(
                 "peercam: registering as {:?} on the phonebook at {url}",
                 settings.name()
             );
-            url.clone()
+            let pinned = match &settings.device.phonebook_cert {
+                Some(path) => Some(crate::tls::read_pinned(path)?),
+                None => None,
+            };
+            (url.clone(), Some(crate::tls::client_config(pinned)?))
         }
         None => {
-            let (addr, task) =
+            let (addr, task, tls) =
                 start_phonebook(settings.device.listen, &settings, phonebook_stop.clone()).await?;
             tasks.push(task);
-            let page = page_url(addr);
+            let page = page_url(addr, tls.is_some());
             println!(
                 "peercam: open {page} in a browser to call {:?}",
                 settings.name()
             );
-            format!("ws://{}/ws", local_address(addr))
+            match tls {
+                // The device reaches its own phonebook by trusting exactly its certificate.
+                Some(tls) => (
+                    format!("wss://{}/ws", local_address(addr)),
+                    Some(crate::tls::client_config(Some(tls.certificate))?),
+                ),
+                None => (format!("ws://{}/ws", local_address(addr)), None),
+            }
         }
     };
 
@@ -126,6 +137,7 @@ pub async fn run(
         device::DeviceParts {
             settings,
             phonebook_url,
+            phonebook_tls,
             feeds,
             caps,
             indicators,
@@ -198,8 +210,11 @@ pub async fn run_phonebook(
 ) -> anyhow::Result<()> {
     let mut notifier = Notifier::from_env();
     let stopping = shutdown.clone();
-    let (addr, task) = start_phonebook(listen, settings, shutdown).await?;
-    println!("peercam phonebook: open {} in a browser", page_url(addr));
+    let (addr, task, tls) = start_phonebook(listen, settings, shutdown).await?;
+    println!(
+        "peercam phonebook: open {} in a browser",
+        page_url(addr, tls.is_some())
+    );
     notifier.ready(&format!("phonebook listening on {addr}"));
     stopping.cancelled().await;
     notifier.stopping("closing connections");
@@ -211,23 +226,57 @@ async fn start_phonebook(
     listen: SocketAddr,
     settings: &Settings,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    Option<crate::tls::ServerTls>,
+)> {
+    let tls = settings.tls.server(listen)?;
     let listener = TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:8081)")
     })?;
     let addr = listener.local_addr()?;
-    let server = PhonebookServer::new(settings.ice.servers.clone())
+    if let Some(tls) = &tls {
+        println!(
+            "peercam: HTTPS with {} certificate {} (SHA-256 {})",
+            if tls.self_signed {
+                "the self-signed"
+            } else {
+                "the configured"
+            },
+            tls.cert_path.display(),
+            tls.fingerprint
+        );
+        if tls.self_signed {
+            println!(
+                "peercam: browsers ask once whether to trust it; compare the fingerprint they show"
+            );
+        }
+    }
+    let configured = settings.ice.servers.clone();
+    let server = PhonebookServer::new(Vec::new())
+        .with_ice_source(Box::new(move || {
+            crate::signalling::protocol::ice_for_client(&configured, "peercam")
+        }))
         .with_access(settings.access.clone())
         .with_limits(settings.limits);
-    let task = tokio::spawn(async move {
-        if let Err(err) = server
-            .serve(listener, async move { shutdown.cancelled().await })
-            .await
-        {
-            tracing::error!("phonebook server failed: {err:#}");
+    let until = async move { shutdown.cancelled().await };
+    let task = match &tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls.acceptor.clone())?;
+            tokio::spawn(async move {
+                if let Err(err) = server.serve_on(listener, until).await {
+                    tracing::error!("phonebook server failed: {err:#}");
+                }
+            })
         }
-    });
-    Ok((addr, task))
+        None => tokio::spawn(async move {
+            if let Err(err) = server.serve(listener, until).await {
+                tracing::error!("phonebook server failed: {err:#}");
+            }
+        }),
+    };
+    Ok((addr, task, tls))
 }
 
 /// The address to connect to for a server bound to `addr` (a wildcard becomes loopback).
@@ -243,8 +292,9 @@ fn local_address(addr: SocketAddr) -> SocketAddr {
     local
 }
 
-fn page_url(addr: SocketAddr) -> String {
-    format!("http://{}/", local_address(addr))
+fn page_url(addr: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{}/", local_address(addr))
 }
 
 /// Where `peercam press` finds the daemon when `--control` is not given.

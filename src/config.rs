@@ -58,6 +58,9 @@ pub struct Settings {
     /// What one client may ask of that phonebook.
     #[serde(default)]
     pub limits: crate::signalling::server::Limits,
+    /// HTTPS for that phonebook.
+    #[serde(default)]
+    pub tls: crate::tls::TlsSettings,
     /// Registration on a stock PeerJS server as well.
     #[serde(default)]
     pub peerjs: PeerJsSettings,
@@ -105,6 +108,9 @@ pub struct DeviceSettings {
     pub phonebook: Option<String>,
     /// The control socket of the simulated buttons.
     pub control: Option<PathBuf>,
+    /// The phonebook's certificate (PEM) to trust, pinned, when it is self-signed; unset:
+    /// the public CAs.
+    pub phonebook_cert: Option<PathBuf>,
     /// The device token the phonebook knows this callee name by (`[access.devices]` on
     /// the phonebook); sent in `hello`.
     pub token: Option<crate::signalling::protocol::Secret>,
@@ -117,6 +123,7 @@ impl Default for DeviceSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             phonebook: None,
             control: None,
+            phonebook_cert: None,
             token: None,
         }
     }

@@ -101,6 +101,8 @@ pub struct DeviceParts {
     pub settings: Settings,
     /// The phonebook's WebSocket URL.
     pub phonebook_url: String,
+    /// How to check a `wss://` phonebook's certificate.
+    pub phonebook_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// The camera (and microphone) feeds.
     pub feeds: Feeds,
     /// What the feeds' encoders can do, for the answers.
@@ -124,6 +126,7 @@ pub async fn run(
     let DeviceParts {
         settings,
         phonebook_url,
+        phonebook_tls,
         feeds,
         caps,
         indicators,
@@ -165,6 +168,8 @@ pub async fn run(
             name: name.clone(),
             meta: registration_meta(&settings),
             token: settings.device.token.clone(),
+            tls: phonebook_tls,
+            refuse_open: settings.call.answer == AnswerPolicy::Auto,
         },
         event_tx,
         out_rx,

@@ -24,4 +24,5 @@ pub mod media;
 pub mod rtc;
 pub mod signalling;
 pub mod systemd;
+pub mod tls;
 pub mod web;

@@ -253,6 +253,8 @@ async fn hello_gets_welcome_with_the_ice_servers() {
         urls: vec!["stun:stun.example.org:3478".into()],
         username: None,
         credential: None,
+        secret: None,
+        ttl_secs: None,
     }];
     let server = Server::start_with(ice.clone()).await;
     let mut client = Client::connect(server.addr).await;

@@ -118,7 +118,8 @@ pub struct Feeds {
 /// The WebRTC stack, set up once and shared by every call.
 pub struct RtcEngine {
     api: API,
-    ice_servers: Vec<RTCIceServer>,
+    /// As configured: TURN credentials are made from a secret for each call.
+    ice_servers: Vec<crate::signalling::protocol::IceServer>,
     h264_fmtp: String,
     vp8: bool,
 }
@@ -205,15 +206,7 @@ impl RtcEngine {
             .with_interceptor_registry(registry)
             .with_setting_engine(setting)
             .build();
-        let ice_servers = ice
-            .servers
-            .iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
-            })
-            .collect();
+        let ice_servers = ice.servers.clone();
         Ok(RtcEngine {
             api,
             ice_servers,
@@ -226,8 +219,16 @@ impl RtcEngine {
         &self.api
     }
 
+    /// The ICE servers for a new connection, with fresh TURN credentials.
     pub(super) fn ice_servers(&self) -> Vec<RTCIceServer> {
-        self.ice_servers.clone()
+        crate::signalling::protocol::ice_for_client(&self.ice_servers, "peercam")
+            .into_iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
+            })
+            .collect()
     }
 
     pub(super) fn h264_fmtp(&self) -> &str {
@@ -374,7 +375,7 @@ impl CallPeer {
             engine
                 .api
                 .new_peer_connection(RTCConfiguration {
-                    ice_servers: engine.ice_servers.clone(),
+                    ice_servers: engine.ice_servers(),
                     ..Default::default()
                 })
                 .await?,

@@ -37,6 +37,11 @@ pub struct Registration {
     pub meta: Value,
     /// The device token the phonebook knows this name by, if it asks for one.
     pub token: Option<Secret>,
+    /// How to check a `wss://` phonebook's certificate (the public CAs, or a pinned one).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Refuse a phonebook that lets anyone call (`auth: open`) unless it is on loopback:
+    /// set when this device answers every call by itself.
+    pub refuse_open: bool,
 }
 
 /// Keeps the device registered on the phonebook at `url` until every sender of
@@ -89,11 +94,17 @@ async fn session(
     events: &mpsc::UnboundedSender<ClientEvent>,
     outgoing: &mut mpsc::UnboundedReceiver<ClientMessage>,
 ) -> anyhow::Result<bool> {
-    let (mut socket, _) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .context("timed out connecting")?
-            .context("cannot connect")?;
+    let connector = registration
+        .tls
+        .clone()
+        .map(tokio_tungstenite::Connector::Rustls);
+    let (mut socket, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector),
+    )
+    .await
+    .context("timed out connecting")?
+    .context("cannot connect")?;
     let send = |msg: &ClientMessage| {
         Message::Text(
             serde_json::to_string(msg)
@@ -124,7 +135,18 @@ async fn session(
                 continue;
             };
             match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::Welcome { .. }) => welcomed = true,
+                Ok(ServerMessage::Welcome { auth, .. }) => {
+                    if registration.refuse_open
+                        && auth == super::access::CallerMode::Open
+                        && !is_loopback_url(url)
+                    {
+                        bail!(
+                            "answer = \"auto\" on a phonebook that lets anyone call (auth: open) would let anyone watch this camera; \
+                             set access on the phonebook, or answer with the buttons"
+                        );
+                    }
+                    welcomed = true
+                }
                 Ok(ServerMessage::Registered { .. }) if welcomed => return Ok(()),
                 Ok(ServerMessage::Error {
                     code: ErrorCode::NameTaken,
@@ -179,5 +201,37 @@ async fn session(
             },
             _ = ping.tick() => socket.send(Message::Ping(Default::default())).await?,
         }
+    }
+}
+
+/// Whether `url` points at this machine.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']').map(|(h, _)| h))
+        .unwrap_or_else(|| host.rsplit_once(':').map_or(host, |(h, _)| h));
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("ws://127.0.0.1:8080/ws"));
+        assert!(is_loopback_url("wss://[::1]:8443/ws"));
+        assert!(is_loopback_url("ws://localhost/ws"));
+        assert!(!is_loopback_url("ws://192.168.1.2:8080/ws"));
+        assert!(!is_loopback_url("wss://phonebook.example.org/ws"));
     }
 }

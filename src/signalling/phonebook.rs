@@ -131,6 +131,11 @@ impl Phonebook {
         self
     }
 
+    /// The STUN/TURN servers a client gets now.
+    pub fn ice_servers(&self) -> Vec<IceServer> {
+        (self.ice_servers)()
+    }
+
     /// Who a connection proved to be (anonymous until its `hello`).
     pub fn identity(&self, conn: ConnId) -> Option<&Identity> {
         self.connections.get(&conn).map(|c| &c.identity)

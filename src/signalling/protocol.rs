@@ -303,7 +303,7 @@ pub struct IceCandidate {
 }
 
 /// A STUN or TURN server in the browser's `RTCIceServer` shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct IceServer {
     /// `stun:` or `turn:` URLs.
     pub urls: Vec<String>,
@@ -313,6 +313,62 @@ pub struct IceServer {
     /// TURN credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// Config only, never sent: coturn's `static-auth-secret`, from which short-lived
+    /// credentials are made for each client (its "TURN REST API").
+    #[serde(default, skip_serializing)]
+    pub secret: Option<Secret>,
+    /// Config only: how long credentials made from `secret` last, in seconds (a day).
+    #[serde(default, skip_serializing)]
+    pub ttl_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for IceServer {
+    // TURN credentials are secrets too: logs get the URLs only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username.as_ref().map(|_| "<redacted>"))
+            .field("credential", &self.credential.as_ref().map(|_| "<redacted>"))
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+impl IceServer {
+    /// The server as a client gets it at `now_unix`: with a `secret`, a username
+    /// `<expiry>:<user>` and its HMAC-SHA1 as the credential, as coturn checks them.
+    pub fn for_client(&self, now_unix: u64, user: &str) -> IceServer {
+        let Some(secret) = &self.secret else {
+            return IceServer {
+                secret: None,
+                ttl_secs: None,
+                ..self.clone()
+            };
+        };
+        use base64::Engine;
+        let expiry = now_unix + self.ttl_secs.unwrap_or(24 * 3600);
+        let username = format!("{expiry}:{user}");
+        let key = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            secret.expose().as_bytes(),
+        );
+        let tag = ring::hmac::sign(&key, username.as_bytes());
+        IceServer {
+            urls: self.urls.clone(),
+            username: Some(username),
+            credential: Some(base64::engine::general_purpose::STANDARD.encode(tag.as_ref())),
+            secret: None,
+            ttl_secs: None,
+        }
+    }
+}
+
+/// `servers` as a client gets them now (fresh TURN credentials where there is a secret).
+pub fn ice_for_client(servers: &[IceServer], user: &str) -> Vec<IceServer> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    servers.iter().map(|s| s.for_client(now, user)).collect()
 }
 
 fn empty_object() -> Value {

@@ -69,7 +69,6 @@ pub struct PhonebookServer {
     closing: CancellationToken,
     connections: TaskTracker,
     whep: Arc<Whep>,
-    ice_servers: Arc<Vec<IceServer>>,
     access: Arc<AccessSettings>,
     limits: Limits,
     per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -139,7 +138,6 @@ impl PhonebookServer {
     /// A server with an empty phonebook that hands `ice_servers` to its clients.
     pub fn new(ice_servers: Vec<IceServer>) -> Self {
         PhonebookServer {
-            ice_servers: Arc::new(ice_servers.clone()),
             whep: Arc::default(),
             access: Arc::default(),
             limits: Limits::default(),
@@ -209,17 +207,32 @@ impl PhonebookServer {
             .with_state(self.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// Serves plain HTTP on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on any listener (a [`crate::tls::TlsListener`] for HTTPS) until `shutdown`
+    /// completes.
+    pub async fn serve_on<L>(
+        self,
+        listener: L,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
+        use axum::serve::ListenerExt;
         let addr = listener.local_addr()?;
         info!(%addr, "phonebook listening");
         let closing = self.closing.clone();
         let result = axum::serve(
-            listener,
+            // tap_io gives any listener the peer address as ConnectInfo.
+            listener.tap_io(|_| ()),
             self.router()
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
@@ -256,7 +269,7 @@ impl PhonebookServer {
 
     /// The STUN/TURN servers handed to clients.
     pub(crate) fn ice_servers(&self) -> Vec<IceServer> {
-        self.ice_servers.as_ref().clone()
+        self.lock().book.ice_servers()
     }
 
     /// Who `token` makes a client, by the access settings.
