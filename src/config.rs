@@ -212,6 +212,10 @@ pub struct VideoSettings {
     /// callers that offer no H.264.
     #[serde(default = "default_vp8_fallback")]
     pub vp8_fallback: bool,
+    /// Draw the capture time into each frame of the test source (for latency
+    /// measurements: src/media/stamp.rs).
+    #[serde(default)]
+    pub stamp: bool,
 }
 
 fn default_min_bitrate() -> u32 {

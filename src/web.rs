@@ -19,6 +19,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
     ),
     (
+        "stats.js",
+        include_str!("../web/stats.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
         "style.css",
         include_str!("../web/style.css"),
         "text/css; charset=utf-8",

@@ -1,6 +1,7 @@
 // The phonebook page: lists cameras and people, calls one, shows its video; goes online
 // to be called by others; chats over the call's data channel.
 import { Phonebook } from './phonebook.js';
+import { describeStats, watchCall } from './stats.js';
 
 const NAME_KEY = 'peercam.callerName';
 const REACHABLE_KEY = 'peercam.reachableName';
@@ -46,7 +47,11 @@ const ui = {
   token: $('token'),
   tokenUse: $('token-use'),
   tokenStatus: $('token-status'),
+  stats: $('stats'),
+  statsToggle: $('stats-toggle'),
 };
+/** Stops watching the current call's statistics. */
+let stopStats = null;
 
 // localStorage throws in some private modes; the names are a convenience, not a must.
 const load = key => { try { return localStorage.getItem(key) ?? ''; } catch { return ''; } };
@@ -188,6 +193,8 @@ async function startCall(name) {
   } else if (meta.speaker) {
     stream = online?.stream ?? await microphoneOnly();
   }
+  // For benchmarks (tools/latency): when the call was placed, on the page's clock.
+  window.peercamCallStartedAt = performance.now();
   const newCall = pb.makeCall(name, callerName ? { callerName } : {}, stream);
   if (stream && stream !== online?.stream) {
     // Taken for this call only: the microphone goes off when the call is over.
@@ -298,6 +305,11 @@ function showCall(newCall, localStream) {
   call.on('stateChange', current(state => { if (!TERMINAL.has(state)) showState(state); }));
   call.on('established', current(stream => {
     ui.video.srcObject = stream;
+    stopStats?.();
+    stopStats = watchCall(ui.video, thisCall.peerConnection, stats => {
+      ui.stats.textContent = describeStats(stats);
+    });
+    window.peercamStats = stopStats.stats;
     ui.panel.dataset.picture = stream.getVideoTracks().length ? 'yes' : 'no';
     const audio = stream.getAudioTracks().length > 0;
     ui.sound.hidden = !audio;
@@ -343,6 +355,9 @@ function showState(state, detail = '') {
   ui.dismiss.hidden = !over;
   if (refocus) ui.dismiss.focus();
   if (over) {
+    stopStats?.();
+    stopStats = null;
+    ui.stats.textContent = '';
     ui.video.srcObject = null;
     ui.local.srcObject = null;
     ui.local.hidden = true;
@@ -361,6 +376,10 @@ function setMuted(muted) {
 }
 
 ui.hangup.addEventListener('click', () => call?.end());
+ui.statsToggle.addEventListener('click', () => {
+  ui.stats.hidden = !ui.stats.hidden;
+  ui.statsToggle.setAttribute('aria-pressed', String(!ui.stats.hidden));
+});
 ui.sound.addEventListener('click', () => {
   setMuted(!ui.video.muted);
   ui.video.play().catch(() => {});

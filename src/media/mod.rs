@@ -12,6 +12,7 @@ pub mod encode;
 pub mod fanout;
 pub mod pipeline;
 pub mod running;
+pub mod stamp;
 
 use std::time::Duration;
 

@@ -83,6 +83,13 @@ pub fn compose(
     let h264_out = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! \
                     appsink name=frames sync=false max-buffers=8 drop=true";
     let source = match video.source {
+        SourceKind::Test if video.stamp => format!(
+            // The stamp is drawn into I420 by a probe on `stamp` (src/media/stamp.rs).
+            "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,format=I420,{size} ! \
+             identity name={} silent=true ! \
+             clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 40\" halignment=right valignment=bottom",
+            super::stamp::ELEMENT
+        ),
         SourceKind::Test => format!(
             "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! {raw_caps} ! \
              clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 40\" halignment=right valignment=bottom"

@@ -32,6 +32,7 @@ impl RunningPipeline {
             .with_context(|| format!("cannot build the pipeline {description:?}"))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| anyhow!("the description does not make a pipeline"))?;
+        super::stamp::attach(&pipeline);
         let mut sinks = Vec::new();
         for codec in Codec::ALL {
             let Some(sink) = pipeline

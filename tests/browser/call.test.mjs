@@ -67,6 +67,18 @@ describe('peercam in a real browser', () => {
       await waitForMedia(page, CAMERA_VIDEO);
       assert.equal(await page.getAttribute('#call-state', 'data-state'), 'ESTABLISHED');
       assert.equal((await page.textContent('#call-state')).trim(), 'Connected');
+      // The statistics overlay: frame rate and bitrate from getStats, and the latency read
+      // from the capture-time stamps the dev board draws into the picture.
+      await page.click('#stats-toggle');
+      try {
+        await page.waitForFunction(() => /\d+ fps/.test(document.getElementById('stats').textContent)
+          && /latency \d+ ms/.test(document.getElementById('stats').textContent), null, { timeout: 5_000 });
+      } catch {
+        assert.fail(`the statistics overlay shows ${JSON.stringify(await page.textContent('#stats'))}, without fps and latency`);
+      }
+      const overlay = await page.textContent('#stats');
+      const latency = Number(overlay.match(/latency (\d+) ms/)[1]);
+      assert.ok(latency > 0 && latency < 1000, `a glass-to-glass latency of ${latency} ms on loopback`);
       // The camera talks over the call's `peercam` data channel: its {"event":"viewers",
       // "count":1} shows in the message log, and text goes the other way.
       try {
