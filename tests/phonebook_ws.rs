@@ -11,7 +11,7 @@ use peercam::signalling::protocol::{
     Callee, ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Presence,
     ServerMessage,
 };
-use peercam::signalling::server::PhonebookServer;
+use peercam::signalling::server::{Limits, PhonebookServer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,14 +38,16 @@ impl Server {
     }
 
     async fn start_with(ice_servers: Vec<IceServer>) -> Self {
+        Self::start_server(PhonebookServer::new(ice_servers)).await
+    }
+
+    async fn start_server(server: PhonebookServer) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            PhonebookServer::new(ice_servers).serve(listener, async move {
-                let _ = stop.await;
-            }),
-        );
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = stop.await;
+        }));
         Server {
             addr,
             shutdown,
@@ -908,4 +910,92 @@ async fn shutdown_closes_open_websockets() {
     let mut client = Client::greeted(server.addr).await;
     server.stop().await;
     client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_slowed_and_then_cut_off_while_others_are_served() {
+    let limits = Limits {
+        messages_per_second: 10,
+        message_burst: 20,
+        ..Limits::default()
+    };
+    let server = Server::start_server(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
+    let mut flood = Client::greeted(server.addr).await;
+    let mut calm = Client::greeted(server.addr).await;
+    let listen = serde_json::to_string(&ClientMessage::Listen).unwrap();
+    // The burst is served; what comes beyond it is dropped with one rate_limited error.
+    for _ in 0..40 {
+        flood.send_raw(Message::text(listen.clone())).await;
+    }
+    let mut answered = 0;
+    let mut limited = 0;
+    while let Ok(msg) = timeout(Duration::from_millis(QUIET_MS), flood.recv()).await {
+        match msg {
+            ServerMessage::Callees { .. } => answered += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // hello took one from the burst.
+    assert!((19..=23).contains(&answered), "{answered} of 40 served");
+    // One rate_limited error per burst's worth of dropped messages (21 dropped here).
+    assert!((1..=2).contains(&limited), "{limited} rate_limited errors");
+    // Everyone else is served as usual meanwhile.
+    assert_eq!(calm.listen().await, Vec::new());
+    // Ten bursts beyond the limit and the flooding connection is closed.
+    for _ in 0..300 {
+        if flood.ws.send(Message::text(listen.clone())).await.is_err() {
+            break;
+        }
+    }
+    let closed = timeout(WAIT, async {
+        loop {
+            match flood.ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the flooding client is disconnected");
+    assert_eq!(calm.listen().await, Vec::new());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited_with_429() {
+    let limits = Limits {
+        connections_per_address: 2,
+        ..Limits::default()
+    };
+    let server = Server::start_server(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
+    let first = Client::greeted(server.addr).await;
+    let _second = Client::greeted(server.addr).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => panic!("expected HTTP 429, got {:?}", other.map(|_| "a connection")),
+    }
+    // A closed connection gives its place back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
 }
