@@ -48,6 +48,8 @@ enum Route {
 struct LiveCall {
     machine: Call,
     route: Route,
+    /// When the offer arrived, for the set-up timings in the debug log.
+    offered: Instant,
     seq: u64,
     caller: String,
     offer: String,
@@ -370,7 +372,16 @@ impl Device {
                         .await;
                 }
             }
-            PeerEvent::Connected => self.apply(call_id, Input::PeerConnected).await,
+            PeerEvent::Connected => {
+                if let Some(call) = self.calls.get(call_id) {
+                    debug!(
+                        call = call_id,
+                        ms = call.offered.elapsed().as_millis() as u64,
+                        "connected (ICE and DTLS) after the offer"
+                    );
+                }
+                self.apply(call_id, Input::PeerConnected).await
+            }
             PeerEvent::Lost(reason) => self.apply(call_id, Input::PeerLost(reason)).await,
             PeerEvent::DataOpen => {
                 if let Some(call) = self.calls.get_mut(call_id) {
@@ -733,6 +744,11 @@ impl Device {
             }
         }
         if let Some(call) = self.calls.get_mut(call_id) {
+            debug!(
+                call = call_id,
+                ms = call.offered.elapsed().as_millis() as u64,
+                "answered after the offer"
+            );
             call.peer = Some(peer);
         }
         Ok(())
@@ -766,6 +782,7 @@ impl Device {
             LiveCall {
                 machine: Call::new(Instant::now(), self.settings.call.ring_timeout()),
                 route,
+                offered: Instant::now(),
                 seq: self.next_seq,
                 caller,
                 offer,

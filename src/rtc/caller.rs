@@ -144,6 +144,7 @@ impl Caller {
                 .api()
                 .new_peer_connection(RTCConfiguration {
                     ice_servers: engine.ice_servers(),
+                    certificates: vec![engine.certificate()?],
                     ..Default::default()
                 })
                 .await?,

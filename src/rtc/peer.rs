@@ -11,6 +11,7 @@ use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, M
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
 use webrtc::data_channel::RTCDataChannel;
+use webrtc::peer_connection::certificate::RTCCertificate;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::dtls_transport::dtls_role::DTLSRole;
 use webrtc::ice::mdns::MulticastDnsMode;
@@ -122,7 +123,12 @@ pub struct RtcEngine {
     ice_servers: Vec<crate::signalling::protocol::IceServer>,
     h264_fmtp: String,
     vp8: bool,
+    /// The DTLS certificate every connection uses, and when it was made.
+    certificate: std::sync::Mutex<Option<(std::time::Instant, RTCCertificate)>>,
 }
+
+/// How long one DTLS certificate serves (webrtc-rs makes them valid for two days on armv7).
+const CERTIFICATE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl RtcEngine {
     /// Builds the device's engine: our codecs (VP8 only if the board can send it), NACK
@@ -212,7 +218,24 @@ impl RtcEngine {
             ice_servers,
             h264_fmtp: fmtps[0].1.clone(),
             vp8: codecs.contains(&Codec::Vp8),
+            certificate: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The certificate for a new connection. Making one (an ECDSA key and a self-signed
+    /// certificate) for every call took a good part of the answer's time; browsers keep
+    /// theirs too. Renewed once a day.
+    pub(super) fn certificate(&self) -> anyhow::Result<RTCCertificate> {
+        let mut slot = self.certificate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made, certificate)) = slot.as_ref()
+            && made.elapsed() < CERTIFICATE_LIFETIME
+        {
+            return Ok(certificate.clone());
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let certificate = RTCCertificate::from_key_pair(key)?;
+        *slot = Some((std::time::Instant::now(), certificate.clone()));
+        Ok(certificate)
     }
 
     pub(super) fn api(&self) -> &API {
@@ -376,6 +399,7 @@ impl CallPeer {
                 .api
                 .new_peer_connection(RTCConfiguration {
                     ice_servers: engine.ice_servers(),
+                    certificates: vec![engine.certificate()?],
                     ..Default::default()
                 })
                 .await?,
@@ -663,6 +687,7 @@ pub(super) async fn send_frames(
     if connected.wait_for(|up| *up).await.is_err() {
         return;
     }
+    let connected_at = std::time::Instant::now();
     subscription.want_keyframe();
     let codec = subscription.codec();
     let mut payloader: Box<dyn Payloader + Send> = match codec {
@@ -676,7 +701,11 @@ pub(super) async fn send_frames(
     let mut first = true;
     while let Some(frame) = subscription.next().await {
         if first && video {
-            info!(?codec, "first keyframe sent to the viewer");
+            info!(
+                ?codec,
+                waited_ms = connected_at.elapsed().as_millis() as u64,
+                "first keyframe sent to the viewer"
+            );
         }
         first = false;
         let timestamp = clock.timestamp(&frame);

@@ -25,6 +25,9 @@ const bench = new Bench();
 try {
   await bench.open('peercam-latency-');
   const daemon = bench.peercam('daemon');
+  // PEERCAM_SHOW_LOG=1 (with RUST_LOG=peercam=debug) prints the daemon's last log lines,
+  // which carry its side of each call's set-up timings.
+  if (process.env.PEERCAM_SHOW_LOG) process.on('exit', () => console.log(String(daemon.err)));
   const url = await daemon.start(['run', '--board', 'dev', '--listen', '127.0.0.1:0', '--name', CALLEE,
     '--control', path.join(bench.tmp, 'control.sock'), '--no-terminal', '--answer', 'auto',
     '--set', 'ice.loopback=true', '--set', 'ice.interfaces=["lo"]',
