@@ -8,6 +8,7 @@
 //!   waiting;
 //! * for 1, 2, 4, 8 viewers (`PEERCAM_BENCH_VIEWERS=1,2,4,8,16,32` to change): the
 //!   daemon's CPU and memory, and each viewer's received frame rate;
+//! * measured over `PEERCAM_BENCH_MEASURE_SECS` seconds each (default 5);
 //! * call set-up: from placing a call to the first decoded frame, over a series of calls
 //!   (`PEERCAM_BENCH_CALLS`, default 10), p50 and p95.
 //!
@@ -27,7 +28,16 @@ use serde_json::json;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 
 const WAIT: Duration = Duration::from_secs(15);
-const MEASURE: Duration = Duration::from_secs(5);
+/// How long each viewer count is measured; `PEERCAM_BENCH_MEASURE_SECS` changes it (a
+/// long window shows what per-connection buffers grow to over a call).
+fn measure_window() -> Duration {
+    Duration::from_secs(
+        std::env::var("PEERCAM_BENCH_MEASURE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    )
+}
 
 /// CPU seconds (user + system) and resident memory of a process, from /proc.
 fn sample(pid: u32) -> (f64, u64) {
@@ -151,7 +161,7 @@ async fn main() {
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
         let started = Instant::now();
-        let (cpu, rss) = measure(pid, MEASURE).await;
+        let (cpu, rss) = measure(pid, measure_window()).await;
         let seconds = started.elapsed().as_secs_f64();
         let fps: Vec<f64> = frame_counters
             .iter()
