@@ -3,11 +3,11 @@
 // the daemon's path.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  BIN, Bench, PHONE, noSidewaysOverflow, openPage, repoRoot, sleep, waitForMedia, waitForState,
+  Bench, PHONE, daemonStatus, noSidewaysOverflow, openPage, press as pressOn, repoRoot, sleep, waitForMedia,
+  waitForState,
 } from './harness.mjs';
 
 const CALLEE = 'test-cam';
@@ -37,20 +37,7 @@ describe('peercam in a real browser', () => {
 
   after(() => bench.close());
 
-  /** `peercam press …` on the control socket; retried while the daemon has nothing ringing yet. */
-  async function press(...args) {
-    let last;
-    for (let attempt = 0; attempt < 10; attempt++) {
-      last = await new Promise(resolve => {
-        execFile(BIN, ['press', ...args, '--control', sock], { timeout: 10_000 }, (err, stdout, stderr) => {
-          resolve({ code: err ? (err.code ?? err.signal) : 0, stdout, stderr });
-        });
-      });
-      if (last.code === 0) return;
-      await sleep(300);
-    }
-    assert.fail(`peercam press ${args.join(' ')} kept failing (${last.code}): ${last.stderr || last.stdout}`);
-  }
+  const press = (...args) => pressOn(sock, ...args);
 
   async function callFromPage(page, callerName) {
     await page.fill('#caller-name', callerName);
@@ -104,19 +91,14 @@ describe('peercam in a real browser', () => {
         return packets;
       });
       assert.ok(audioIn > 0, `no audio from the camera reached the page (${audioIn} packets)`);
-      const daemonStatus = () => new Promise(resolve => {
-        execFile(BIN, ['status', '--control', sock], { timeout: 10_000 }, (err, stdout) => {
-          resolve(err ? {} : JSON.parse(stdout));
-        });
-      });
-      let status = await daemonStatus();
+      let status = await daemonStatus(sock);
       const played = status.calls?.[0]?.played_audio_buffers ?? 0;
       assert.ok(played > 0, `the camera's speaker played nothing from the page's microphone (${played})`);
       // Chromium reports its bandwidth estimate (REMB) about once a second; the encoder's
       // bitrate follows it.
       for (let i = 0; i < 25 && !(status.feed?.estimates > 0); i++) {
         await sleep(200);
-        status = await daemonStatus();
+        status = await daemonStatus(sock);
       }
       assert.ok(status.feed?.estimates > 0, `no bandwidth estimate from Chromium reached the camera within 5 s: ${JSON.stringify(status.feed)}`);
       await page.click('#hangup');
