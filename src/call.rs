@@ -175,9 +175,11 @@ impl Call {
 
     /// When [`Call::poll`] next has something to do, if ever.
     pub fn deadline(&self) -> Option<Instant> {
+        // `call.ring_timeout_secs` may be any u64: a timeout past what an Instant can hold
+        // means ringing until someone decides, not a panic on every tick.
         match self.state {
-            CallState::Ringing => Some(self.since + self.ring_timeout),
-            CallState::Accepted => Some(self.since + CONNECT_TIMEOUT),
+            CallState::Ringing => self.since.checked_add(self.ring_timeout),
+            CallState::Accepted => self.since.checked_add(CONNECT_TIMEOUT),
             _ => None,
         }
     }
@@ -417,6 +419,16 @@ mod tests {
             auto.admit(Some("Ray"), 2, false),
             Admission::Decline(BUSY.into())
         );
+    }
+
+    #[test]
+    fn a_ring_timeout_too_long_for_the_clock_never_fires() {
+        let t0 = Instant::now();
+        let mut call = Call::new(t0, Duration::from_secs(u64::MAX));
+        call.handle(Input::Offered(Admission::Ring), t0);
+        assert_eq!(call.deadline(), None);
+        assert!(call.poll(t0 + Duration::from_secs(3600)).is_empty());
+        assert_eq!(call.state(), CallState::Ringing);
     }
 
     #[test]
