@@ -61,18 +61,9 @@ pub fn block_size(width: usize) -> usize {
     (width / BLOCKS).max(2)
 }
 
-/// Draws `time_ms` into an I420 frame: the luma plane `y` (`stride` bytes per row) and
-/// the chroma planes `u`, `v` (`chroma_stride`), which are made neutral under the blocks.
-pub fn write_i420(
-    y: &mut [u8],
-    stride: usize,
-    u: &mut [u8],
-    v: &mut [u8],
-    chroma_stride: usize,
-    width: usize,
-    height: usize,
-    time_ms: u64,
-) {
+/// Draws `time_ms` into a luma plane `y` (`stride` bytes per row) of a picture
+/// `width` × `height`.
+pub fn write_luma(y: &mut [u8], stride: usize, width: usize, height: usize, time_ms: u64) {
     let size = block_size(width);
     let rows = size.min(height);
     for (index, bit) in bits(time_ms).iter().enumerate() {
@@ -84,14 +75,17 @@ pub fn write_i420(
                 line.fill(level);
             }
         }
-        for row in 0..rows / 2 {
-            let range = row * chroma_stride + x0 / 2..row * chroma_stride + x1 / 2;
-            if let Some(line) = u.get_mut(range.clone()) {
-                line.fill(128);
-            }
-            if let Some(line) = v.get_mut(range) {
-                line.fill(128);
-            }
+    }
+}
+
+/// Makes the chroma under the blocks neutral in one half-resolution chroma `plane` (I420),
+/// so colour from the picture does not bleed into them.
+pub fn neutral_chroma(plane: &mut [u8], stride: usize, width: usize, height: usize) {
+    let rows = block_size(width).min(height) / 2;
+    let span = (BLOCKS * block_size(width)).min(width) / 2;
+    for row in 0..rows {
+        if let Some(line) = plane.get_mut(row * stride..row * stride + span) {
+            line.fill(128);
         }
     }
 }
@@ -152,23 +146,12 @@ pub fn attach(pipeline: &gstreamer::Pipeline) {
                 let strides = info_video.stride();
                 let (stride, chroma_stride) = (strides[0] as usize, strides[1] as usize);
                 let time = now_ms();
-                // Three planes borrowed one after another: copy the chroma rows out and back
-                // would cost more than stamping the luma alone, so chroma is neutralised in
-                // a second pass.
                 if let Ok(y) = frame.plane_data_mut(0) {
-                    write_i420(y, stride, &mut [], &mut [], 0, width, height, time);
+                    write_luma(y, stride, width, height, time);
                 }
-                let rows = block_size(width).min(height) / 2;
-                let span = (BLOCKS * block_size(width)).min(width) / 2;
                 for plane in 1..3 {
                     if let Ok(data) = frame.plane_data_mut(plane) {
-                        for row in 0..rows {
-                            if let Some(line) =
-                                data.get_mut(row * chroma_stride..row * chroma_stride + span)
-                            {
-                                line.fill(128);
-                            }
-                        }
+                        neutral_chroma(data, chroma_stride, width, height);
                     }
                 }
             }
@@ -185,39 +168,22 @@ mod tests {
     fn stamps_round_trip_through_a_frame() {
         let (width, height) = (1280, 720);
         let mut y = vec![90u8; width * height];
-        let mut u = vec![60u8; width * height / 4];
-        let mut v = vec![200u8; width * height / 4];
         for time in [0, 1, 0x0f_ffff_ffff, 1_700_000_123_456 & TIME_MASK] {
-            write_i420(
-                &mut y,
-                width,
-                &mut u,
-                &mut v,
-                width / 2,
-                width,
-                height,
-                time,
-            );
+            write_luma(&mut y, width, width, height, time);
             assert_eq!(read_luma(&y, width, width, height), Some(time));
         }
+        let mut u = vec![60u8; width * height / 4];
+        neutral_chroma(&mut u, width / 2, width, height);
+        assert!(u[..width / 2].iter().all(|&p| p == 128));
+        // Below the strip (32 rows of luma, 16 of chroma) the picture is left alone.
+        assert!(u[16 * width / 2..][..width / 2].iter().all(|&p| p == 60));
     }
 
     #[test]
     fn noise_survives_and_plain_pictures_do_not_read() {
         let (width, height) = (640, 360);
         let mut y = vec![0u8; width * height];
-        let mut u = vec![0u8; width * height / 4];
-        let mut v = vec![0u8; width * height / 4];
-        write_i420(
-            &mut y,
-            width,
-            &mut u,
-            &mut v,
-            width / 2,
-            width,
-            height,
-            123_456,
-        );
+        write_luma(&mut y, width, width, height, 123_456);
         // Compression blurs the blocks' edges and shifts levels a little.
         for (i, p) in y.iter_mut().enumerate() {
             *p = p.saturating_add((i % 7) as u8 * 4).saturating_sub(12);
