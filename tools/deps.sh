@@ -16,8 +16,9 @@ PEERCAM_RUN_PACKAGES=(
 if grep -qs "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then
   PEERCAM_RUN_PACKAGES+=(gstreamer1.0-libcamera)
 fi
-# More for the test suite: a headless browser and Node for playwright-core.
-PEERCAM_TEST_PACKAGES=(chromium nodejs npm systemd)
+# More for the test suite: a headless browser and Node for playwright-core; iproute2 and
+# coturn for tests/faults.rs (network namespaces, a TURN server of its own).
+PEERCAM_TEST_PACKAGES=(chromium nodejs npm systemd iproute2 coturn)
 
 peercam_need_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
@@ -52,6 +53,13 @@ peercam_apt_install() {
   # A stale index elsewhere (a mirror mid-sync) should not stop the packages we need.
   "${sudo[@]}" apt-get update -qq || echo "peercam: apt-get update reported errors; trying the install anyway" >&2
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  # Debian's coturn enables and starts a system-wide turnserver under systemd (its
+  # /etc/default/coturn switch only guards the SysV script). The tests start their own;
+  # one we installed for them should not keep serving TURN on port 3478.
+  if [[ " ${missing[*]} " == *" coturn "* ]] && [ -d /run/systemd/system ]; then
+    echo "peercam: stopping and disabling the coturn service the package started (the tests run their own)" >&2
+    "${sudo[@]}" systemctl disable --now coturn.service >&2 || true
+  fi
 }
 
 # Installs the browser tests' npm modules (playwright-core, the stock PeerJS server and

@@ -224,6 +224,15 @@ impl RtcEngine {
         // (peer-reflexive) would otherwise wait a second before they may be chosen.
         setting.set_host_acceptance_min_wait(Some(std::time::Duration::ZERO));
         setting.set_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO));
+        // webrtc-rs waits 5 s + 25 s of silence before it calls a connection failed, so
+        // a caller whose network vanished would hold a viewer slot (and the encoder) for
+        // half a minute. Disconnected after 3 s, failed 5 s later, with a keepalive every
+        // second so an idle direction is not taken for a dead one (tests/faults.rs).
+        setting.set_ice_timeouts(
+            Some(std::time::Duration::from_secs(3)),
+            Some(std::time::Duration::from_secs(5)),
+            Some(std::time::Duration::from_secs(1)),
+        );
         setting.set_include_loopback_candidate(ice.loopback);
         if !ice.interfaces.is_empty() {
             let allowed = ice.interfaces.clone();

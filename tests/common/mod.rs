@@ -53,18 +53,25 @@ impl Daemon {
 
     /// Starts `peercam run` without waiting for it to register.
     pub fn spawn(name: &str, extra: &[&str]) -> Daemon {
+        Daemon::spawn_via(&[], "127.0.0.1:0", name, extra)
+    }
+
+    /// Like [`Daemon::spawn`], with the embedded phonebook on `listen`, started through
+    /// `launcher` if not empty: a command that execs the daemon (`ip netns exec NS`, `env
+    /// VAR=value`), so that [`Daemon::pid`] is still the daemon's own.
+    pub fn spawn_via(launcher: &[&str], listen: &str, name: &str, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("control.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
-            .args([
-                "run",
-                "--board",
-                "dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                name,
-            ])
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_peercam"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_peercam")),
+        };
+        let mut child = command
+            .args(["run", "--board", "dev", "--listen", listen, "--name", name])
             .arg("--control")
             .arg(&control)
             .args([
