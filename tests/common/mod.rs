@@ -101,11 +101,18 @@ impl Daemon {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("the daemon prints its URL");
-        let url = line
+        let Some(url) = line
             .split_whitespace()
             .find(|w| w.starts_with("http://") || w.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}; stderr: {}", stderr.lock().unwrap()))
-            .to_owned();
+            .map(str::to_owned)
+        else {
+            // No `Daemon` yet whose drop would stop it: a failed start must not leave a
+            // daemon running after the tests.
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = stderr.lock().unwrap().clone();
+            panic!("no URL in {line:?}; stderr: {log}");
+        };
         let (page, ws) = match url.strip_prefix("ws://") {
             Some(rest) => (
                 format!("http://{}/", rest.trim_end_matches("/ws")),
