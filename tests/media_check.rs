@@ -151,10 +151,12 @@ fn descriptions_of_every_board_parse_where_the_elements_are_here() {
             parses(&d.replacen("libcamerasrc", "videotestsrc is-live=true", 1)).unwrap();
         }
     }
-    // The dev board's test pattern, exactly.
+    // The dev board's test pattern, exactly: I420, so the capture-time stamp can be drawn
+    // into it on its way out of `stamp`.
     let d = pipeline::describe(&load("dev").video).unwrap();
     assert!(d.starts_with(
-        "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,width=1280,height=720,framerate=30/1 ! \
+        "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 ! \
+         identity name=stamp silent=true ! \
          clockoverlay time-format=\"%H:%M:%S\" font-desc=\"Sans 40\" halignment=right valignment=bottom ! tee name=raw  raw. ! \
          queue max-size-buffers=2 leaky=downstream ! videoconvert ! video/x-raw,format=I420 ! x264enc "
     ), "{d}");

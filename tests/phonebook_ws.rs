@@ -999,3 +999,28 @@ async fn connections_per_address_are_limited_with_429() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_camera_holding_a_name_gets_ten_times_the_allowance() {
+    let limits = Limits {
+        messages_per_second: 10,
+        message_burst: 20,
+        ..Limits::default()
+    };
+    let server = Server::start_server(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
+    let mut camera = Client::greeted(server.addr).await;
+    camera.register("cam", json!({})).await;
+    let listen = serde_json::to_string(&ClientMessage::Listen).unwrap();
+    for _ in 0..150 {
+        camera.send_raw(Message::text(listen.clone())).await;
+    }
+    let mut answered = 0;
+    while let Ok(msg) = timeout(Duration::from_millis(QUIET_MS), camera.recv()).await {
+        match msg {
+            ServerMessage::Callees { .. } => answered += 1,
+            other => panic!("a camera within ten bursts got {other:?}"),
+        }
+    }
+    assert_eq!(answered, 150);
+    server.stop().await;
+}

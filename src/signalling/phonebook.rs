@@ -131,6 +131,13 @@ impl Phonebook {
         self
     }
 
+    /// Whether `conn` holds at least one registered name.
+    pub fn holds_a_name(&self, conn: ConnId) -> bool {
+        self.connections
+            .get(&conn)
+            .is_some_and(|c| !c.names.is_empty())
+    }
+
     /// The STUN/TURN servers a client gets now.
     pub fn ice_servers(&self) -> Vec<IceServer> {
         (self.ice_servers)()

@@ -74,6 +74,9 @@ pub struct PhonebookServer {
     per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
+/// How many times the message allowance a connection gets while it holds a callee name.
+pub const CALLEE_RATE_FACTOR: u32 = 10;
+
 /// How much one client may ask of the phonebook; each limit answers with a stable error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -282,6 +285,12 @@ impl PhonebookServer {
         self.access.may_call(who, callee)
     }
 
+    /// Whether connection `conn` holds a registered name (a camera, or a page that is
+    /// online).
+    fn holds_a_name(&self, conn: ConnId) -> bool {
+        self.lock().book.holds_a_name(conn)
+    }
+
     /// Whether `name` is registered now.
     pub(crate) fn has_callee(&self, name: &str) -> bool {
         self.lock().book.callees().iter().any(|c| c.name == name)
@@ -449,6 +458,19 @@ async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr
         server.limits.message_burst,
         Instant::now(),
     );
+    // A camera relays every call's answer and candidates: when this connection holds a
+    // registered name, a ten times larger allowance is drawn on before anything is dropped.
+    let mut callee_rate = RateLimit::new(
+        server
+            .limits
+            .messages_per_second
+            .saturating_mul(CALLEE_RATE_FACTOR),
+        server
+            .limits
+            .message_burst
+            .saturating_mul(CALLEE_RATE_FACTOR),
+        Instant::now(),
+    );
     let mut dropped: u32 = 0;
     let closing = server.closing.clone();
     let mut writer = writer;
@@ -465,7 +487,12 @@ async fn connection(server: PhonebookServer, socket: WebSocket, peer: SocketAddr
             frame = stream.next() => {
                 last_heard = tokio::time::Instant::now();
                 match frame {
-                    Some(Ok(Message::Text(text))) if rate.allow(Instant::now()) => server.text(conn, text.as_str()),
+                    Some(Ok(Message::Text(text)))
+                        if rate.allow(Instant::now())
+                            || (server.holds_a_name(conn) && callee_rate.allow(Instant::now())) =>
+                    {
+                        server.text(conn, text.as_str())
+                    }
                     Some(Ok(Message::Text(_))) => {
                         dropped += 1;
                         // One error per burst's worth is enough to tell the client; a client
