@@ -12,85 +12,15 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Daemon, caller_engine};
+use common::{Daemon, caller_engine, decode_latencies};
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
-use peercam::media::stamp;
 use peercam::rtc::Caller;
 use serde_json::json;
 use tokio::sync::mpsc;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::track::track_remote::TrackRemote;
-use webrtc::util::Marshal;
-
-/// Decodes `track` and sends the latency of every stamped frame, in milliseconds.
-fn decode_latencies(
-    track: Arc<TrackRemote>,
-    latencies: mpsc::UnboundedSender<u64>,
-) -> gst::Pipeline {
-    gst::init().expect("GStreamer");
-    let caps = format!(
-        "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={}",
-        track.payload_type()
-    );
-    let pipeline = gst::parse::launch(&format!(
-        "appsrc name=rtp is-live=true format=time caps=\"{caps}\" ! rtph264depay ! h264parse ! \
-         avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=pictures sync=false"
-    ))
-    .expect("decoder pipeline")
-    .downcast::<gst::Pipeline>()
-    .expect("a pipeline");
-    let sink = pipeline
-        .by_name("pictures")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .expect("appsink");
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let now = stamp::now_ms();
-                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                if let Ok(frame) =
-                    gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
-                    && let Ok(luma) = frame.plane_data(0)
-                    && let Some(stamped) = stamp::read_luma(
-                        luma,
-                        info.stride()[0] as usize,
-                        info.width() as usize,
-                        info.height() as usize,
-                    )
-                {
-                    let _ = latencies.send(stamp::age_ms(stamped, now));
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-    let src = pipeline
-        .by_name("rtp")
-        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-        .expect("appsrc");
-    pipeline
-        .set_state(gst::State::Playing)
-        .expect("decoder plays");
-    tokio::spawn(async move {
-        while let Ok((packet, _)) = track.read_rtp().await {
-            if let Ok(bytes) = packet.marshal() {
-                let _ = src.push_buffer(gst::Buffer::from_slice(bytes));
-            }
-        }
-    });
-    pipeline
-}
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted
@@ -131,11 +61,9 @@ async fn main() {
     let mut skipped = 0;
     while samples.len() < want {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(ms)) if skipped < 30 => {
-                skipped += 1;
-                let _ = ms;
-            }
-            Ok(Some(ms)) => samples.push(ms),
+            Ok(Some(_)) if skipped < 30 => skipped += 1,
+            Ok(Some(Some(ms))) => samples.push(ms),
+            Ok(Some(None)) => {}
             _ => break,
         }
     }

@@ -390,3 +390,72 @@ pub async fn decode(track: Arc<TrackRemote>, want_frames: u64, timeout: Duration
         first_frame_at,
     }
 }
+
+/// Decodes `track` (H.264) and sends, for every picture as it leaves the decoder, its
+/// age in milliseconds if it carries a stamp (src/media/stamp.rs), else `None`. The
+/// pipeline runs until dropped.
+pub fn decode_latencies(
+    track: Arc<TrackRemote>,
+    latencies: tokio::sync::mpsc::UnboundedSender<Option<u64>>,
+) -> gst::Pipeline {
+    gst::init().expect("GStreamer");
+    let caps = format!(
+        "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload={}",
+        track.payload_type()
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=rtp is-live=true format=time caps=\"{caps}\" ! rtph264depay ! h264parse ! \
+         avdec_h264 ! videoconvert ! video/x-raw,format=I420 ! appsink name=pictures sync=false"
+    ))
+    .expect("decoder pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let sink = pipeline
+        .by_name("pictures")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .expect("appsink");
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let now = peercam::media::stamp::now_ms();
+                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let mut age = None;
+                if let Ok(frame) =
+                    gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info)
+                    && let Ok(luma) = frame.plane_data(0)
+                    && let Some(stamped) = peercam::media::stamp::read_luma(
+                        luma,
+                        info.stride()[0] as usize,
+                        info.width() as usize,
+                        info.height() as usize,
+                    )
+                {
+                    age = Some(peercam::media::stamp::age_ms(stamped, now));
+                }
+                let _ = latencies.send(age);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    let src = pipeline
+        .by_name("rtp")
+        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        .expect("appsrc");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("decoder plays");
+    tokio::spawn(async move {
+        while let Ok((packet, _)) = track.read_rtp().await {
+            if let Ok(bytes) = webrtc::util::Marshal::marshal(&packet) {
+                let _ = src.push_buffer(gst::Buffer::from_slice(bytes));
+            }
+        }
+    });
+    pipeline
+}
