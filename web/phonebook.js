@@ -454,6 +454,11 @@ export class Call extends Emitter {
   send(data) {
     if (typeof data !== 'string') throw new TypeError('call.send() sends a string');
     const channel = this.dataChannel;
+    // Chromium updates readyState a moment after the connection is closed: an ended
+    // call refuses at once.
+    if (TERMINAL.has(this.state)) {
+      throw new Error(`the call's data channel is not open (the call has ${this.state.toLowerCase()})`);
+    }
     if (!channel || channel.readyState !== 'open') {
       throw new Error(`the call's data channel is not open (${channel ? channel.readyState : 'not created yet'}); wait for the 'dataopen' event`);
     }
