@@ -16,6 +16,8 @@ const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a closing connection waits for the phonebook to close its end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What the device learns from its phonebook connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +198,18 @@ async fn session(
                 Some(msg) => socket.send(send(&msg)).await?,
                 None => {
                     let _ = socket.close(None).await;
+                    // The phonebook reads in order, so its end of the close (or the end
+                    // of the stream) comes after it has routed everything sent before:
+                    // the hang-ups of a shutdown reach the callers' queues before an
+                    // embedded phonebook closes their sockets.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        while let Some(Ok(frame)) = socket.next().await {
+                            if matches!(frame, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     return Ok(true);
                 }
             },
