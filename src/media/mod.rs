@@ -14,11 +14,13 @@ pub mod pipeline;
 pub mod running;
 pub mod stamp;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-/// One H.264 access unit in Annex B byte-stream form, as the encoder produced it.
+/// One encoded picture (an H.264 access unit in Annex B byte-stream form, a VP8 frame)
+/// or Opus packet, as the encoder produced it.
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// The NAL units of one picture, each after a start code; SPS/PPS precede each IDR.
@@ -29,6 +31,28 @@ pub struct Frame {
     pub keyframe: bool,
     /// Which run of the pipeline made it: timestamps restart when the pipeline does.
     pub epoch: u64,
+    /// RTP payloads, made by the first viewer that sends the frame and shared by all: each
+    /// viewer's retransmission history then holds the same memory, not its own copy.
+    payloads: Arc<OnceLock<Vec<Bytes>>>,
+}
+
+impl Frame {
+    /// A frame as it leaves the encoder.
+    pub fn new(data: Bytes, pts: Duration, keyframe: bool, epoch: u64) -> Frame {
+        Frame {
+            data,
+            pts,
+            keyframe,
+            epoch,
+            payloads: Arc::default(),
+        }
+    }
+
+    /// The frame's RTP payloads, made by `packetize` the first time they are asked for.
+    /// Every caller must packetise alike (one codec, one MTU), as the viewers of a feed do.
+    pub fn payloads(&self, packetize: impl FnOnce(&Bytes) -> Vec<Bytes>) -> &[Bytes] {
+        self.payloads.get_or_init(|| packetize(&self.data))
+    }
 }
 
 /// An encoded stream a pipeline can offer.

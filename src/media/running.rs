@@ -55,12 +55,7 @@ impl RunningPipeline {
                             .map_err(|_| gst::FlowError::Error)?;
                         on_frame(
                             codec,
-                            Frame {
-                                data: Bytes::from_owner(mapped),
-                                pts,
-                                keyframe,
-                                epoch,
-                            },
+                            Frame::new(Bytes::from_owner(mapped), pts, keyframe, epoch),
                         );
                         Ok(gst::FlowSuccess::Ok)
                     })

@@ -78,12 +78,7 @@ mod tests {
     use bytes::Bytes;
 
     fn frame(epoch: u64, ms: u64) -> Frame {
-        Frame {
-            data: Bytes::new(),
-            pts: Duration::from_millis(ms),
-            keyframe: false,
-            epoch,
-        }
+        Frame::new(Bytes::new(), Duration::from_millis(ms), false, epoch)
     }
 
     #[test]

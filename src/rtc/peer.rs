@@ -711,6 +711,24 @@ pub(super) async fn add_track(
     Ok((track, task))
 }
 
+/// The RTP payloads of one frame, with a payloader of its own: the H.264 payloader's only
+/// state, SPS and PPS waiting for the next NAL unit, never outlives an access unit (the
+/// pipeline's h264parse puts them in each IDR's), so frames packetise alike for every
+/// viewer. A frame that cannot be packetised has no payloads and is skipped.
+fn packetize(codec: Codec, data: &bytes::Bytes) -> Vec<bytes::Bytes> {
+    let mut payloader: Box<dyn Payloader + Send> = match codec {
+        Codec::H264 => Box::new(H264Payloader::default()),
+        Codec::Vp8 => Box::new(Vp8Payloader::default()),
+        Codec::Opus => Box::new(OpusPayloader),
+    };
+    payloader
+        .payload(RTP_PAYLOAD_MTU, data)
+        .unwrap_or_else(|err| {
+            warn!(%err, ?codec, "cannot packetise a frame; skipping it");
+            Vec::new()
+        })
+}
+
 /// Writes a stream into `track` once the connection is up, starting at a fresh keyframe,
 /// with RTP timestamps from the encoder's presentation times.
 pub(super) async fn send_frames(
@@ -724,11 +742,6 @@ pub(super) async fn send_frames(
     let connected_at = std::time::Instant::now();
     subscription.want_keyframe();
     let codec = subscription.codec();
-    let mut payloader: Box<dyn Payloader + Send> = match codec {
-        Codec::H264 => Box::new(H264Payloader::default()),
-        Codec::Vp8 => Box::new(Vp8Payloader::default()),
-        Codec::Opus => Box::new(OpusPayloader),
-    };
     let video = codec != Codec::Opus;
     let mut clock = RtpClock::new(rand::random(), codec.clock_rate());
     let mut sequence: u16 = rand::random();
@@ -743,15 +756,9 @@ pub(super) async fn send_frames(
         }
         first = false;
         let timestamp = clock.timestamp(&frame);
-        let payloads = match payloader.payload(RTP_PAYLOAD_MTU, &frame.data) {
-            Ok(p) => p,
-            Err(err) => {
-                warn!(%err, "cannot packetise a frame; skipping it");
-                continue;
-            }
-        };
+        let payloads = frame.payloads(|data| packetize(codec, data));
         let last = payloads.len().saturating_sub(1);
-        for (i, payload) in payloads.into_iter().enumerate() {
+        for (i, payload) in payloads.iter().cloned().enumerate() {
             let packet = webrtc::rtp::packet::Packet {
                 header: webrtc::rtp::header::Header {
                     version: 2,
