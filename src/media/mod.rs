@@ -93,3 +93,35 @@ impl Codec {
 pub fn init() -> anyhow::Result<()> {
     gstreamer::init().map_err(|err| anyhow::anyhow!("GStreamer could not start: {err}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_made_once_and_shared_by_every_copy_of_a_frame() {
+        let frame = Frame::new(
+            Bytes::from_static(b"\0\0\0\x01\x65picture"),
+            Duration::ZERO,
+            true,
+            1,
+        );
+        let copy = frame.clone();
+        let mut made = 0;
+        let first = frame
+            .payloads(|data| {
+                made += 1;
+                vec![data.slice(4..)]
+            })
+            .to_vec();
+        let second = copy
+            .payloads(|_| {
+                made += 1;
+                Vec::new()
+            })
+            .to_vec();
+        assert_eq!(made, 1);
+        assert_eq!(first, second);
+        assert_eq!(first[0].as_ptr(), second[0].as_ptr());
+    }
+}
