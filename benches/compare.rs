@@ -845,7 +845,7 @@ async fn start(
         System::Janus => start_janus(dir, encoding, stamped).await?,
         System::Webrtcbin => {
             let port = free_port()?;
-            let mut server = Process::spawn(
+            let server = Process::spawn(
                 Command::new(
                     std::env::var("PEERCAM_COMPARE_SYSTEM_PYTHON")
                         .unwrap_or_else(|_| "/usr/bin/python3".into()),
@@ -860,15 +860,7 @@ async fn start(
                 .args(stamped.then_some("--stamp")),
                 dir.path().join("webrtcbin.log"),
             )?;
-            wait_ready(&format!("http://127.0.0.1:{port}/health"), &mut server).await?;
-            Running {
-                endpoint: Endpoint::Whep(format!("http://127.0.0.1:{port}/whep")),
-                pids: vec![server.pid()],
-                interface: None,
-                _daemon: None,
-                processes: vec![server],
-                _dir: dir,
-            }
+            whep_server(server, port, dir).await?
         }
         System::Aiortc | System::AiortcStock => {
             let port = free_port()?;
@@ -883,7 +875,7 @@ async fn start(
             } else {
                 "stock"
             };
-            let mut server = Process::spawn(
+            let server = Process::spawn(
                 Command::new(python)
                     .arg(repo().join("tools/compare.d/aiortc_server.py"))
                     .args(["--port", &port.to_string(), "--source", &source])
@@ -895,15 +887,7 @@ async fn start(
                     ]),
                 dir.path().join("aiortc.log"),
             )?;
-            wait_ready(&format!("http://127.0.0.1:{port}/health"), &mut server).await?;
-            Running {
-                endpoint: Endpoint::Whep(format!("http://127.0.0.1:{port}/whep")),
-                pids: vec![server.pid()],
-                interface: None,
-                _daemon: None,
-                processes: vec![server],
-                _dir: dir,
-            }
+            whep_server(server, port, dir).await?
         }
     };
     if let Some(feeder) = feeder {
@@ -911,6 +895,23 @@ async fn start(
         running.processes.push(feeder);
     }
     Ok(running)
+}
+
+/// One of the WHEP-like Python servers (`tools/compare.d`), once it answers on `port`.
+async fn whep_server(
+    mut server: Process,
+    port: u16,
+    dir: tempfile::TempDir,
+) -> anyhow::Result<Running> {
+    wait_ready(&format!("http://127.0.0.1:{port}/health"), &mut server).await?;
+    Ok(Running {
+        endpoint: Endpoint::Whep(format!("http://127.0.0.1:{port}/whep")),
+        pids: vec![server.pid()],
+        interface: None,
+        _daemon: None,
+        processes: vec![server],
+        _dir: dir,
+    })
 }
 
 /// The feeder: runs `description` with peercam's stamp probe until stopped (SIGTERM).
