@@ -18,7 +18,7 @@ if grep -qs "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then
 fi
 # More for the test suite: a headless browser and Node for playwright-core; iproute2 and
 # coturn for tests/faults.rs (network namespaces, a TURN server of its own).
-PEERCAM_TEST_PACKAGES=(chromium nodejs npm systemd iproute2 coturn)
+PEERCAM_TEST_PACKAGES=(chromium nodejs npm systemd iproute2 coturn python3)
 
 peercam_need_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
