@@ -44,9 +44,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use common::{Daemon, decode, decode_latencies};
+use common::{Daemon, decode, decode_latencies, http};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use webrtc::api::media_engine::{MIME_TYPE_H264, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
@@ -155,118 +154,6 @@ impl Encoding {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client: one request per connection, loopback only
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {}", self.text()))
-    }
-}
-
-async fn http(
-    method: &str,
-    url: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-    timeout: Duration,
-) -> anyhow::Result<Response> {
-    tokio::time::timeout(timeout, http_once(method, url, content_type, body))
-        .await
-        .with_context(|| format!("{method} {url} timed out"))?
-}
-
-async fn http_once(
-    method: &str,
-    url: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> anyhow::Result<Response> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("not an http:// URL: {url}"))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let mut stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(content_type) = content_type {
-        head.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut response = Response {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    };
-    if response
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        response.body = dechunk(&response.body)?;
-    }
-    Ok(response)
-}
-
-fn dechunk(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk")?;
-        let size_text = String::from_utf8_lossy(&raw[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(raw.get(..size).context("short chunk")?);
-        raw = raw.get(size + 2..).unwrap_or_default();
-    }
-}
-
-/// `base`'s scheme and authority joined with the absolute `path`.
 fn origin_join(base: &str, path: &str) -> String {
     if path.starts_with("http://") {
         return path.to_owned();
@@ -395,17 +282,15 @@ impl Viewer {
 }
 
 async fn leave_now(leave: &Leave) {
-    let _ =
-        match leave {
-            Leave::Delete(url) => http("DELETE", url, None, b"", WAIT).await,
-            Leave::JanusDestroy(session) => janus_post(session, json!({"janus": "destroy"}))
-                .await
-                .map(|_| Response {
-                    status: 200,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                }),
-        };
+    // Leaving is best effort: the system is stopped after the run anyway.
+    match leave {
+        Leave::Delete(url) => {
+            let _ = http("DELETE", url, None, b"", WAIT).await;
+        }
+        Leave::JanusDestroy(session) => {
+            let _ = janus_post(session, json!({"janus": "destroy"})).await;
+        }
+    }
 }
 
 /// Offers to receive video and POSTs the offer, candidates included.

@@ -245,26 +245,9 @@ async fn wait_presence(daemon: &Daemon, presence: &str) {
 
 /// GET `path` from the daemon's web server and parse JSON.
 async fn http_json(page: &str, path: &str) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = page
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+    let url = format!("{}{}", page.trim_end_matches('/'), path);
+    common::http("GET", &url, None, b"", WAIT)
         .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {response}"))
+        .and_then(|response| response.json())
+        .unwrap_or_else(|err| panic!("GET {url}: {err:#}"))
 }

@@ -2,6 +2,8 @@
 //! HTTP. The unit tests in `src/signalling/phonebook.rs` cover the rules; these check
 //! that the socket layer delivers them (ordering, closes, size limits, bad frames).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,7 +15,6 @@ use peercam::signalling::protocol::{
 };
 use peercam::signalling::server::{Limits, PhonebookServer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -747,84 +748,11 @@ async fn oversized_frames_get_too_large_or_a_close() {
     server.stop().await;
 }
 
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl HttpResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// One HTTP/1.1 GET over a raw socket; `Connection: close` lets the body end at EOF.
-async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
-    let mut stream = timeout(WAIT, TcpStream::connect(addr))
+/// One GET on a connection of its own.
+async fn http_get(addr: SocketAddr, path: &str) -> common::HttpResponse {
+    common::http("GET", &format!("http://{addr}{path}"), None, b"", WAIT)
         .await
-        .expect("connect within 5 s")
-        .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .expect("a response within 5 s")
-        .expect("read");
-
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = std::str::from_utf8(&raw[..split]).expect("ASCII headers");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("a status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .map(|line| {
-            let (key, value) = line.split_once(':').expect("a header line");
-            (key.trim().to_owned(), value.trim().to_owned())
-        })
-        .collect();
-    let mut response = HttpResponse {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    };
-    if response
-        .header("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-    {
-        response.body = dechunk(&response.body);
-    }
-    response
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("a chunk size line");
-        let size_text = std::str::from_utf8(&data[..end]).expect("ASCII chunk size");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .expect("a hex chunk size");
-        data = &data[end + 2..];
-        if size == 0 {
-            return body;
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+        .unwrap_or_else(|err| panic!("GET {path}: {err:#}"))
 }
 
 #[tokio::test]

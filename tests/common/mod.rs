@@ -459,3 +459,80 @@ pub fn decode_latencies(
     });
     pipeline
 }
+
+/// An HTTP response, read whole.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A header's value, if it is there and readable.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        use anyhow::Context;
+        serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {}", self.text()))
+    }
+}
+
+/// One HTTP/1.1 request to `url` (`http://host:port/path`) on a connection of its own,
+/// answered within `timeout`.
+pub async fn http(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
+    use anyhow::Context;
+    let exchange = async {
+        use http_body_util::BodyExt;
+        let uri: hyper::Uri = url.parse().with_context(|| format!("not a URL: {url}"))?;
+        let authority = uri
+            .authority()
+            .with_context(|| format!("no host in {url}"))?
+            .to_string();
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        // Headers and body may go out as two writes; without this the second waits for
+        // the first one's (delayed) acknowledgement.
+        stream.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(hyper::header::HOST, &authority);
+        if let Some(content_type) = content_type {
+            request = request.header(hyper::header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body,
+        )))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await?.to_bytes().to_vec();
+        driver.abort();
+        anyhow::Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| format!("{method} {url}: no answer within {timeout:?}"))?
+}
