@@ -128,7 +128,28 @@ struct RunArgs {
     no_terminal: bool,
 }
 
+/// Malloc arenas the daemon uses unless `MALLOC_ARENA_MAX` says otherwise.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's malloc arenas before any thread starts. glibc gives busy threads arenas of
+/// their own (up to eight per core) and keeps what they free: every call's webrtc-rs and
+/// GStreamer threads leave memory behind in theirs, so resident memory grows by several
+/// times the live heap with each viewer (tools/heap) and creeps up over many calls
+/// (tests/faults.rs). Set here rather than only in the systemd unit, so the daemon
+/// behaves the same however it is started.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes allocator parameters; called before any other
+        // thread exists, so nothing allocates concurrently.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into()
