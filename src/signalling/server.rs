@@ -363,6 +363,11 @@ fn deliver(hub: &mut Hub, outputs: Vec<Output>) {
     }
 }
 
+/// Each connection's read buffer, allocated up front. tungstenite's 128 KiB default suits
+/// bulk transfers; signalling messages are a few hundred bytes (an SDP a few KiB, read in
+/// several chunks if need be), and a phonebook holds a connection per open page.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 async fn upgrade(
     State(server): State<PhonebookServer>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
@@ -381,6 +386,7 @@ async fn upgrade(
     };
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let tracker = server.connections.clone();
             tracker.track_future(async move {
