@@ -12,6 +12,9 @@
 //! * call set-up: from placing a call to the first decoded frame, over a series of calls
 //!   (`PEERCAM_BENCH_CALLS`, default 10), p50 and p95.
 //!
+//! `PEERCAM_BENCH_LAUNCHER` is a command that execs the daemon (`env LD_PRELOAD=…`), for
+//! profiling it under the same load.
+//!
 //! Run with `cargo bench --bench viewers` (or `tools/bench`). Figures on a shared machine
 //! vary from run to run; compare them within one run.
 
@@ -98,7 +101,13 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
     let max = counts.iter().copied().max().unwrap_or(1);
-    let daemon = Daemon::start(
+    // A profiler that execs the daemon (heaptrack's preload library through `env`, see
+    // tools/heap) sees the same calls as the figures.
+    let launcher = std::env::var("PEERCAM_BENCH_LAUNCHER").unwrap_or_default();
+    let launcher: Vec<&str> = launcher.split_whitespace().collect();
+    let daemon = Daemon::spawn_via(
+        &launcher,
+        "127.0.0.1:0",
         "bench",
         &[
             "--answer",
@@ -109,6 +118,7 @@ async fn main() {
             "call.idle_stop_secs=0",
         ],
     );
+    daemon.wait_until(WAIT, |s| s["registered"] == true);
     let pid = daemon.pid();
     let engine = caller_engine();
 
