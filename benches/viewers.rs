@@ -136,10 +136,12 @@ async fn main() {
     );
 
     let mut first_cpu = None;
+    // Viewers join and stay, so each step's memory is that of its viewers, not also what
+    // glibc kept from viewers that came and went in the steps before.
+    let mut viewers = Vec::new();
+    let mut frame_counters = Vec::new();
     for &n in &counts {
-        let mut viewers = Vec::new();
-        let mut frame_counters = Vec::new();
-        for i in 0..n {
+        for i in viewers.len()..n {
             let mut call = Caller::call(
                 &engine,
                 &daemon.ws,
@@ -191,12 +193,12 @@ async fn main() {
             cpu * 100.0,
             rss as f64 / 1024.0
         );
-        for (call, reader) in viewers {
-            reader.abort();
-            call.hang_up("done").await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    for (call, reader) in viewers {
+        reader.abort();
+        call.hang_up("done").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Call set-up: the camera keeps running between calls (a viewer stays), so each call
     // measures signalling, ICE, DTLS and the forced keyframe, not the camera start.
