@@ -154,6 +154,7 @@ impl Encoding {
     }
 }
 
+/// `base`'s scheme and authority joined with the absolute `path`.
 fn origin_join(base: &str, path: &str) -> String {
     if path.starts_with("http://") {
         return path.to_owned();

@@ -132,11 +132,10 @@ struct RunArgs {
 const MALLOC_ARENAS: i32 = 2;
 
 /// Caps glibc's malloc arenas before any thread starts. glibc gives busy threads arenas of
-/// their own (up to eight per core) and keeps what they free: every call's webrtc-rs and
-/// GStreamer threads leave memory behind in theirs, so resident memory grows by several
-/// times the live heap with each viewer (tools/heap) and creeps up over many calls
-/// (tests/faults.rs). Set here rather than only in the systemd unit, so the daemon
-/// behaves the same however it is started.
+/// their own (up to eight per core) and keeps what they free there in pieces: with every
+/// call's webrtc-rs and GStreamer threads, resident memory creeps up over many calls
+/// (tests/faults.rs soak) well above the live heap (tools/heap). Set here rather than in
+/// the systemd unit, so the daemon behaves the same however it is started.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
