@@ -444,34 +444,13 @@ async fn janus_watch(
 // ---------------------------------------------------------------------------------------
 // The serving processes' cost, from /proc
 
-fn clock_ticks() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
-
 /// (parent pid, CPU seconds) of a process, from /proc/<pid>/stat.
 fn stat(pid: u32) -> Option<(u32, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which may contain spaces, closed by ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let ticks: f64 = fields
-        .get(11..13)?
-        .iter()
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum();
-    Some((ppid, ticks / clock_ticks()))
+    common::stats::proc_sample(pid).map(|s| (s.parent, s.cpu_seconds))
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    common::stats::rss_kib(pid)
 }
 
 /// CPU seconds of `roots` and all their descendants, by pid.
@@ -1265,10 +1244,7 @@ fn check_alive(running: &mut Running) -> anyhow::Result<()> {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    Some(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
+    common::stats::percentile(sorted, p)
 }
 
 fn ms(d: Option<Duration>) -> String {

@@ -23,10 +23,7 @@ use tokio::sync::mpsc;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
-    sorted
-        .get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize)
-        .copied()
-        .unwrap_or(0)
+    common::stats::percentile(sorted, p).unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::stats;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,27 +46,8 @@ fn measure_window() -> Duration {
 
 /// CPU seconds (user + system) and resident memory of a process, from /proc.
 fn sample(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which may contain spaces, closed by ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let cpu = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>() / ticks)
-        .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (cpu, rss_kb)
+    let cpu = stats::proc_sample(pid).map_or(0.0, |s| s.cpu_seconds);
+    (cpu, stats::rss_kib(pid))
 }
 
 /// The daemon's share of one core and its resident memory over `window`.
@@ -77,10 +60,7 @@ async fn measure(pid: u32, window: Duration) -> (f64, u64) {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    stats::percentile(sorted, p).unwrap_or_default()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -231,11 +231,21 @@ async fn start_phonebook(
     tokio::task::JoinHandle<()>,
     Option<crate::tls::ServerTls>,
 )> {
-    let tls = settings.tls.server(listen)?;
-    let listener = TcpListener::bind(listen).await.with_context(|| {
-        format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:8081)")
-    })?;
+    let listener = match crate::systemd::inherited_listener()? {
+        Some(socket) => {
+            let listener = TcpListener::from_std(socket)?;
+            info!(
+                addr = %listener.local_addr()?,
+                "listening on the socket passed by socket activation (--listen is not used)"
+            );
+            listener
+        }
+        None => TcpListener::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen} (in use? try --listen 127.0.0.1:8081)")
+        })?,
+    };
     let addr = listener.local_addr()?;
+    let tls = settings.tls.server(addr)?;
     if let Some(tls) = &tls {
         println!(
             "peercam: HTTPS with {} certificate {} (SHA-256 {})",

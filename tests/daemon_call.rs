@@ -119,8 +119,7 @@ async fn a_second_viewer_shares_the_encoder_and_gets_a_keyframe_at_once() {
 /// after the phonebook restarts; calls work through the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_re_registers_after_the_phonebook_restarts() {
-    let phonebook = common::StandalonePhonebook::start(None);
-    let port = phonebook.port;
+    let mut phonebook = common::StandalonePhonebook::start();
     let url = phonebook.ws();
     let daemon = Daemon::start("porch", &["--phonebook", &url, "--answer", "auto"]);
     assert_eq!(daemon.ws, url);
@@ -130,7 +129,7 @@ async fn camera_re_registers_after_the_phonebook_restarts() {
         daemon.wait_until(Duration::from_secs(5), |s| s["registered"] == false)
     });
     let restarted = std::time::Instant::now();
-    let _phonebook = common::StandalonePhonebook::start(Some(port));
+    phonebook.restart();
     tokio::task::block_in_place(|| {
         daemon.wait_until(Duration::from_secs(15), |s| s["registered"] == true)
     });

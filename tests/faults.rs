@@ -4,8 +4,10 @@
 //! SIGTERM with several callers, and a soak of 220 calls after which memory, file
 //! descriptors and threads must come back to where they were, within stated margins.
 //!
-//! The network tests need root (`ip netns`, veth pairs, coturn in a namespace); without
-//! it they say so and pass. CI runs them as root.
+//! The network tests need root (`ip netns`, veth pairs, coturn in a namespace), so they
+//! are marked ignored: a plain `cargo test` lists them as ignored (skipped, with the
+//! reason), and `tools/test` adds `--include-ignored` when it runs as root, as CI does.
+//! Run by hand without root, they fail saying so rather than pass.
 
 mod common;
 
@@ -28,19 +30,15 @@ const WAIT: Duration = Duration::from_secs(10);
 /// ICE timeouts in src/rtc/peer.rs say 3 s + 5 s; the rest is slack for a loaded machine.
 const LOSS_BOUND: Duration = Duration::from_secs(15);
 
-/// True when the test may build network namespaces; otherwise says why it skips.
-fn may_build_networks(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    // Straight to stderr: the harness would hide an eprintln! of a passing test.
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: it builds network namespaces and veth pairs (ip netns), which needs \
-         root; CI runs it as root"
+/// Why the network tests are ignored unless asked for (`--include-ignored`).
+const NEEDS_ROOT: &str = "builds network namespaces, which needs root";
+
+/// Fails the test at once when it cannot build network namespaces.
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test {NEEDS_ROOT}: run it as root (tools/test does when it runs as root)"
     );
-    false
 }
 
 /// Runs `ip args…`, panicking with its error output if it fails.
@@ -245,10 +243,9 @@ fn state_line(log: &str, call_id: &str, state: &str) -> Option<String> {
 /// accepted and plays; the link goes down; both ends must notice within
 /// [`LOSS_BOUND`] and say "connection lost"; with the link back, a new call plays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds network namespaces, which needs root (tools/test includes it as root)"]
 async fn a_cut_link_ends_the_call_on_both_sides_and_a_new_call_works_after() {
-    if !may_build_networks("a_cut_link_ends_the_call_on_both_sides_and_a_new_call_works_after") {
-        return;
-    }
+    require_root();
     let mut lab = Lab::new();
     let net = lab.free_subnet();
     let camera_ns = lab.namespace("cam");
@@ -353,6 +350,9 @@ enum TurnAuth {
     Rest,
 }
 
+/// The TURN server's port (and its relay range below). Fixed, yet they cannot collide: the
+/// server listens and relays only inside a namespace this test made (its name carries the
+/// test's pid and a sequence number), which nothing else uses.
 const TURN_PORT: u16 = 13478;
 const TURN_USER: &str = "peercam";
 const TURN_PASSWORD: &str = "relay-pass";
@@ -704,17 +704,17 @@ async fn call_through_turn(auth: TurnAuth) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds network namespaces, which needs root (tools/test includes it as root)"]
 async fn turn_relays_a_call_between_networks_with_a_static_user() {
-    if may_build_networks("turn_relays_a_call_between_networks_with_a_static_user") {
-        call_through_turn(TurnAuth::Static).await;
-    }
+    require_root();
+    call_through_turn(TurnAuth::Static).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds network namespaces, which needs root (tools/test includes it as root)"]
 async fn turn_relays_a_call_between_networks_with_rest_credentials() {
-    if may_build_networks("turn_relays_a_call_between_networks_with_rest_credentials") {
-        call_through_turn(TurnAuth::Rest).await;
-    }
+    require_root();
+    call_through_turn(TurnAuth::Rest).await;
 }
 
 /// Waits for the device's `viewers` event on the data channel, which it sends once the
@@ -733,24 +733,12 @@ async fn established(call: &mut Caller, daemon: &Daemon) {
 
 /// Processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // The field after the parenthesised command name: state, then the parent.
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if parent == Some(pid) {
-            children.push(child);
-        }
-    }
-    children
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&child| common::stats::proc_sample(child).is_some_and(|s| s.parent == pid))
+        .collect()
 }
 
 /// SIGTERM with two viewers and a third caller ringing: every caller is told why, and
@@ -843,21 +831,14 @@ struct Figures {
 
 impl Figures {
     fn of(pid: u32) -> Figures {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
+            common::stats::status_field(pid, name)
                 .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
         };
         Figures {
-            rss_kib: field("VmRSS:"),
-            threads: field("Threads:"),
-            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .unwrap()
-                .count(),
+            rss_kib: field("VmRSS"),
+            threads: field("Threads"),
+            fds: common::stats::open_fds(pid).unwrap_or_else(|| panic!("no /proc/{pid}/fd")),
         }
     }
 }

@@ -9,6 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use port::HeldPort;
+
+// Only the port helper: the rest of tests/common brings WebRTC and GStreamer in.
+#[path = "common/port.rs"]
+mod port;
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A peercam process whose stderr is collected and which is killed when dropped.
@@ -20,7 +26,16 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
+        Process::spawn(Command::new(env!("CARGO_BIN_EXE_peercam")), args)
+    }
+
+    /// Starts it listening on `held`, the test's own socket.
+    fn start_on(held: &HeldPort, args: &[&str]) -> Process {
+        Process::spawn(held.command(env!("CARGO_BIN_EXE_peercam")), args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Process {
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info,peercam=debug")
             .stdin(Stdio::null())
@@ -74,14 +89,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn device(name: &str, url: &str, dir: &Path, extra: &[&str]) -> (Process, PathBuf) {
     let control = dir.join(format!("{name}.sock"));
     let mut args = vec![
@@ -114,18 +121,22 @@ fn registered(control: &Path) -> bool {
 fn devices_reach_a_self_signed_phonebook_only_with_its_certificate_pinned_and_their_token() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("phonebook");
-    let port = free_port();
-    let phonebook = Process::start(&[
-        "phonebook",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--set",
-        "tls.mode=\"on\"",
-        "--set",
-        &format!("tls.dir=\"{}\"", certs.display()),
-        "--set",
-        "access.devices.guarded=\"guarded-token-1\"",
-    ]);
+    let held = HeldPort::bind();
+    let port = held.port;
+    let phonebook = Process::start_on(
+        &held,
+        &[
+            "phonebook",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--set",
+            "tls.mode=\"on\"",
+            "--set",
+            &format!("tls.dir=\"{}\"", certs.display()),
+            "--set",
+            "access.devices.guarded=\"guarded-token-1\"",
+        ],
+    );
     assert!(
         phonebook.first_line.contains("SHA-256"),
         "the phonebook prints its certificate's fingerprint first: {:?}",

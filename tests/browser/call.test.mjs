@@ -6,12 +6,12 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  Bench, PHONE, daemonStatus, noSidewaysOverflow, openPage, press as pressOn, repoRoot, sleep, waitForMedia,
+  Bench, PHONE, daemonStatus, noSidewaysOverflow, openPage, press as pressOn, screenshotPath, sleep, waitForMedia,
   waitForState,
 } from './harness.mjs';
 
 const CALLEE = 'test-cam';
-const SCREENSHOT = path.join(repoRoot, 'docs', 'screenshot-phone.png');
+const SCREENSHOT = screenshotPath('screenshot-phone.png');
 const DESKTOP = { viewport: { width: 1280, height: 800 } };
 /** The camera's picture at full size, still moving; the caller sends no picture to compare. */
 const CAMERA_VIDEO = {

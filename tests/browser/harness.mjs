@@ -12,8 +12,20 @@ import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-/** The checkout's root, where the screenshots for docs/ go. */
+/** The checkout's root. */
 export const repoRoot = path.resolve(here, '../..');
+
+/**
+ * Where a screenshot named `name` goes: target/screenshots/ on every run, so the suite
+ * never rewrites a committed file; docs/ only when PEERCAM_UPDATE_SCREENSHOTS=1 asks for
+ * the pictures the README shows to be made anew.
+ */
+export function screenshotPath(name) {
+  const dir = process.env.PEERCAM_UPDATE_SCREENSHOTS === '1'
+    ? path.join(repoRoot, 'docs')
+    : path.join(repoRoot, 'target', 'screenshots');
+  return path.join(dir, name);
+}
 /** The peercam binary under test; PEERCAM_BIN overrides it. */
 export const BIN = path.resolve(here, process.env.PEERCAM_BIN ?? '../../target/debug/peercam');
 /** The Chromium to drive; CHROMIUM_BIN overrides it. */

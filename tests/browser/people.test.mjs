@@ -12,13 +12,13 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  BIN, Bench, PHONE, chromiumArgs, noSidewaysOverflow, openPage, repoRoot, sleep, waitForMedia, waitForState, within,
+  BIN, Bench, PHONE, chromiumArgs, noSidewaysOverflow, openPage, repoRoot, screenshotPath, sleep, waitForMedia, waitForState, within,
 } from './harness.mjs';
 
 const webDir = path.join(repoRoot, 'web');
 const WEB_FROM_DISK = process.env.PEERCAM_WEB_FROM_DISK === '1';
-const SCREENSHOT_INCOMING = path.join(repoRoot, 'docs', 'screenshot-incoming.png');
-const SCREENSHOT_CALL = path.join(repoRoot, 'docs', 'screenshot-people.png');
+const SCREENSHOT_INCOMING = screenshotPath('screenshot-incoming.png');
+const SCREENSHOT_CALL = screenshotPath('screenshot-people.png');
 const WEB_FILES = { '/': 'index.html', '/index.html': 'index.html', '/app.js': 'app.js', '/phonebook.js': 'phonebook.js', '/style.css': 'style.css' };
 const CONTENT_TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
 // A page served by Playwright's router (PEERCAM_WEB_FROM_DISK) has no address, so Chromium

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod port;
+pub mod stats;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -208,25 +211,28 @@ impl Daemon {
     }
 }
 
-/// A standalone `peercam phonebook` on a fixed loopback port, so it can be restarted
-/// where the cameras expect it.
+/// A standalone `peercam phonebook` on a loopback port the test holds (see [`port`]), so
+/// it can be killed and started again where the cameras expect it.
 pub struct StandalonePhonebook {
     child: Child,
+    held: port::HeldPort,
     pub port: u16,
 }
 
 impl StandalonePhonebook {
-    /// Starts on `port`, or on a free port when `None`; returns once it prints its URL.
-    pub fn start(port: Option<u16>) -> StandalonePhonebook {
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
-        let mut child = Command::new(env!("CARGO_BIN_EXE_peercam"))
-            .args(["phonebook", "--listen", &format!("127.0.0.1:{port}")])
+    /// Starts on a port of its own; returns once it prints its URL.
+    pub fn start() -> StandalonePhonebook {
+        let held = port::HeldPort::bind();
+        let child = Self::spawn(&held);
+        let port = held.port;
+        StandalonePhonebook { child, held, port }
+    }
+
+    fn spawn(held: &port::HeldPort) -> Child {
+        let mut child = held
+            .command(env!("CARGO_BIN_EXE_peercam"))
+            // The address is the held socket's; --listen only fills the argument.
+            .args(["phonebook", "--listen", &format!("127.0.0.1:{}", held.port)])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -237,7 +243,7 @@ impl StandalonePhonebook {
         out.read_line(&mut line).unwrap();
         assert!(line.contains("http://"), "phonebook said {line:?}");
         std::thread::spawn(move || for _ in out.lines() {});
-        StandalonePhonebook { child, port }
+        child
     }
 
     /// The WebSocket URL cameras and pages use.
@@ -245,10 +251,17 @@ impl StandalonePhonebook {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
 
-    /// Kills it at once, as a crash or power cut would.
-    pub fn kill(mut self) {
+    /// Kills it at once, as a crash or power cut would. Connections made until
+    /// [`StandalonePhonebook::restart`] wait in the held socket's queue.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.held);
     }
 }
 
