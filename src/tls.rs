@@ -200,7 +200,7 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 
 /// The names and addresses a browser may use to reach this machine.
 fn certificate_names(listen: SocketAddr) -> Vec<String> {
-    let host = crate::config::host_name();
+    let host = crate::host::host_name();
     let mut names = vec![
         host.clone(),
         format!("{host}.local"),

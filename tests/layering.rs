@@ -450,7 +450,7 @@ fn absolute(
         _ if is_child(module, first, modules) => module.to_vec(),
         _ => return None,
     };
-    let mut rest = &segments[..];
+    let mut rest = segments;
     if rest[0] == "crate" {
         rest = &rest[1..];
     }
