@@ -8,9 +8,9 @@
 //! browser can decode what they emit (constrained baseline; a level for the encoders that
 //! need one spelt out), and whether they need a hardware codec device.
 
-use anyhow::bail;
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use thiserror::Error;
 
 use super::Codec;
 
@@ -252,15 +252,47 @@ impl EncoderQuirks {
     }
 }
 
+/// Why a bitrate update did not reach the encoder.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BitrateError {
+    /// The quirks name a property the element does not have.
+    #[error("{element} has no property {name:?}")]
+    NoProperty {
+        /// The element's name in the pipeline.
+        element: String,
+        /// The property.
+        name: &'static str,
+    },
+    /// The property is not an integer.
+    #[error("{element}'s {name:?} is a {type_name}, not an integer")]
+    NotInteger {
+        /// The element's name in the pipeline.
+        element: String,
+        /// The property.
+        name: &'static str,
+        /// Its GLib type.
+        type_name: String,
+    },
+    /// The `extra-controls` text does not parse.
+    #[error("{0:?} is not a GStreamer structure")]
+    NotStructure(String),
+    /// The encoder takes a new bitrate only when the pipeline is rebuilt.
+    #[error("{0} cannot change its bitrate while playing")]
+    Rebuild(String),
+}
+
 impl BitrateUpdate {
     /// Applies the update to a running encoder element, converting the value to the
     /// property's integer type and clamping it to the property's range. Returns an error
     /// for [`BitrateUpdate::Rebuild`], an unknown property or a malformed structure.
-    pub fn apply(&self, element: &gst::Element) -> anyhow::Result<()> {
+    pub fn apply(&self, element: &gst::Element) -> Result<(), BitrateError> {
         match self {
             BitrateUpdate::Property { name, value } => {
                 let Some(pspec) = element.find_property(name) else {
-                    bail!("{} has no property {name:?}", element.name());
+                    return Err(BitrateError::NoProperty {
+                        element: element.name().to_string(),
+                        name,
+                    });
                 };
                 let v = *value;
                 let t = pspec.value_type();
@@ -276,20 +308,22 @@ impl BitrateUpdate {
                     let v = (v.min(i64::MAX as u64) as i64).clamp(p.minimum(), p.maximum());
                     element.set_property(name, v);
                 } else {
-                    bail!("{}'s {name:?} is a {t}, not an integer", element.name());
+                    return Err(BitrateError::NotInteger {
+                        element: element.name().to_string(),
+                        name,
+                        type_name: t.to_string(),
+                    });
                 }
                 Ok(())
             }
             BitrateUpdate::ExtraControls(text) => {
                 let structure: gst::Structure = text
                     .parse()
-                    .map_err(|_| anyhow::anyhow!("{text:?} is not a GStreamer structure"))?;
+                    .map_err(|_| BitrateError::NotStructure(text.clone()))?;
                 element.set_property("extra-controls", structure);
                 Ok(())
             }
-            BitrateUpdate::Rebuild => {
-                bail!("{} cannot change its bitrate while playing", element.name())
-            }
+            BitrateUpdate::Rebuild => Err(BitrateError::Rebuild(element.name().to_string())),
         }
     }
 }
@@ -440,7 +474,29 @@ mod tests {
             };
             assert_eq!(got, expect, "{name}");
         }
-        let element = gst::ElementFactory::make("x264enc").build().unwrap();
-        assert!(BitrateUpdate::Rebuild.apply(&element).is_err());
+        let element = gst::ElementFactory::make("x264enc")
+            .name("h264enc")
+            .build()
+            .unwrap();
+        assert_eq!(
+            BitrateUpdate::Rebuild.apply(&element),
+            Err(BitrateError::Rebuild("h264enc".into()))
+        );
+        let missing = BitrateUpdate::Property {
+            name: "no-such-bitrate",
+            value: 1,
+        };
+        assert_eq!(
+            missing.apply(&element).unwrap_err().to_string(),
+            "h264enc has no property \"no-such-bitrate\""
+        );
+        let not_int = BitrateUpdate::Property {
+            name: "tune",
+            value: 1,
+        };
+        assert!(matches!(
+            not_int.apply(&element),
+            Err(BitrateError::NotInteger { name: "tune", .. })
+        ));
     }
 }
