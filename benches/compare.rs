@@ -89,7 +89,7 @@ struct Encoding {
 }
 
 /// The dev board's video settings with the capture-time stamp on or off.
-fn dev_video(stamp: bool) -> anyhow::Result<peercam::config::VideoSettings> {
+fn dev_video(stamp: bool) -> anyhow::Result<peercam::media::settings::VideoSettings> {
     let mut video = peercam::config::Settings::load("dev", None, toml::Table::new())?.video;
     video.stamp = stamp;
     // The VP8 branch is idle behind a closed valve in peercam; the others have none.
@@ -99,12 +99,15 @@ fn dev_video(stamp: bool) -> anyhow::Result<peercam::config::VideoSettings> {
 
 /// The part of peercam's description for `video` before ` ! {until}`.
 fn description_until(
-    video: &peercam::config::VideoSettings,
+    video: &peercam::media::settings::VideoSettings,
     until: &str,
 ) -> anyhow::Result<String> {
     let x264 = peercam::media::encode::h264_quirks("x264enc").context("x264enc quirks")?;
-    let description =
-        peercam::media::pipeline::compose(video, peercam::config::InputFormat::Raw, Some(x264))?;
+    let description = peercam::media::pipeline::compose(
+        video,
+        peercam::media::settings::InputFormat::Raw,
+        Some(x264),
+    )?;
     Ok(description
         .split(&format!(" ! {until}"))
         .next()

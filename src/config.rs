@@ -4,15 +4,20 @@
 //! Board profiles live in `boards/*.toml` and are compiled into the binary, so
 //! `--board dev` works with no files installed; `--board ./my-board.toml` reads a file.
 //! Keys nobody knows are reported (a typo should not silently do nothing).
+//!
+//! The sections are the settings types of the modules they configure (the video ones
+//! live in [`crate::media::settings`], TLS in [`crate::tls`] …): this module layers and
+//! validates them, and nothing below it names it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde::Deserialize;
+use thiserror::Error;
 
-use crate::media::encode;
+use crate::host::host_name;
+use crate::media::settings::{VideoSettings, VideoSettingsError};
 use crate::signalling::protocol::{IceServer, validate_name};
 
 /// The board profiles built into the binary.
@@ -126,181 +131,6 @@ impl Default for DeviceSettings {
             phonebook_cert: None,
             token: None,
         }
-    }
-}
-
-/// Where the picture comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// GStreamer's test pattern with a clock.
-    Test,
-    /// A V4L2 camera (USB webcams).
-    V4l2,
-    /// A camera module through libcamera.
-    Libcamera,
-}
-
-/// How a V4L2 camera delivers its pictures (`video.input_format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputFormat {
-    /// Ask the camera (VIDIOC_ENUM_FMT): H.264 if it emits it at the configured size and
-    /// rate, else raw, else MJPEG. Raw for the test pattern and libcamera.
-    #[default]
-    Auto,
-    /// Uncompressed frames (YUYV, NV12 …), converted and encoded here.
-    Raw,
-    /// Motion JPEG, decoded with `jpegdec` and encoded here.
-    Mjpeg,
-    /// H.264 from the camera, passed through with no encoder of ours.
-    H264,
-}
-
-impl InputFormat {
-    /// The name used in settings and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InputFormat::Auto => "auto",
-            InputFormat::Raw => "raw",
-            InputFormat::Mjpeg => "mjpeg",
-            InputFormat::H264 => "h264",
-        }
-    }
-}
-
-/// Camera and encoder.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VideoSettings {
-    /// Where the picture comes from.
-    pub source: SourceKind,
-    /// The device node for `v4l2` (default /dev/video0); the camera name for `libcamera`
-    /// (default: the first camera).
-    #[serde(default)]
-    pub device: Option<String>,
-    /// How a `v4l2` camera delivers pictures: auto, raw, mjpeg or h264 (passthrough).
-    #[serde(default)]
-    pub input_format: InputFormat,
-    /// Picture width in pixels.
-    pub width: u32,
-    /// Picture height in pixels.
-    pub height: u32,
-    /// Frames per second.
-    pub fps: u32,
-    /// The first-choice H.264 encoder element, one of [`encode::ENCODERS`].
-    pub encoder: String,
-    /// Encoders tried in order when `encoder` is unavailable (element not installed, or
-    /// a hardware codec device missing).
-    #[serde(default)]
-    pub encoder_fallback: Vec<String>,
-    /// The codec device a hardware encoder is probed on (v4l2h264enc: /dev/video11 when
-    /// not set). GStreamer picks the device itself; this only decides whether to use it.
-    #[serde(default)]
-    pub encoder_device: Option<String>,
-    /// Target bitrate, where the encoder starts.
-    pub bitrate_kbps: u32,
-    /// Lowest bitrate adaptation may go to.
-    #[serde(default = "default_min_bitrate")]
-    pub min_bitrate_kbps: u32,
-    /// Highest bitrate adaptation may go to.
-    #[serde(default = "default_max_bitrate")]
-    pub max_bitrate_kbps: u32,
-    /// Frames between regular keyframes.
-    pub keyframe_interval: u32,
-    /// Whether a software VP8 encoder (behind a valve, idle until needed) may serve
-    /// callers that offer no H.264.
-    #[serde(default = "default_vp8_fallback")]
-    pub vp8_fallback: bool,
-    /// Draw the capture time into each frame of the test source (for latency
-    /// measurements: src/media/stamp.rs).
-    #[serde(default)]
-    pub stamp: bool,
-}
-
-fn default_min_bitrate() -> u32 {
-    300
-}
-
-fn default_max_bitrate() -> u32 {
-    4000
-}
-
-fn default_vp8_fallback() -> bool {
-    true
-}
-
-impl VideoSettings {
-    /// Checks the video settings on their own (not whether the elements are installed:
-    /// that is [`encode::choose_encoder`]'s and the pipeline check's business).
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let v = self;
-        if v.width == 0 || v.height == 0 || v.fps == 0 || v.width > 7680 || v.height > 4320 {
-            bail!(
-                "video size {}x{} at {} fps is out of range",
-                v.width,
-                v.height,
-                v.fps
-            );
-        }
-        if v.fps > 240 {
-            bail!("video.fps {} is out of range 1..240", v.fps);
-        }
-        for (key, name) in std::iter::once(("video.encoder", &v.encoder)).chain(
-            v.encoder_fallback
-                .iter()
-                .map(|n| ("video.encoder_fallback", n)),
-        ) {
-            if encode::h264_quirks(name).is_none() {
-                bail!(
-                    "{key}: unknown encoder {name:?}; known H.264 encoders: {}",
-                    encode::h264_encoders()
-                        .map(|e| e.element)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
-        if !(50..=50_000).contains(&v.bitrate_kbps) {
-            bail!("bitrate_kbps {} is out of range 50..50000", v.bitrate_kbps);
-        }
-        if v.min_bitrate_kbps < 50 || v.max_bitrate_kbps > 50_000 {
-            bail!(
-                "video.min_bitrate_kbps and max_bitrate_kbps must lie within 50..50000 (they are {} and {})",
-                v.min_bitrate_kbps,
-                v.max_bitrate_kbps
-            );
-        }
-        if !(v.min_bitrate_kbps <= v.bitrate_kbps && v.bitrate_kbps <= v.max_bitrate_kbps) {
-            bail!(
-                "video bitrates must satisfy min_bitrate_kbps <= bitrate_kbps <= max_bitrate_kbps (they are {} <= {} <= {})",
-                v.min_bitrate_kbps,
-                v.bitrate_kbps,
-                v.max_bitrate_kbps
-            );
-        }
-        if v.keyframe_interval == 0 {
-            bail!("keyframe_interval must be at least 1");
-        }
-        if v.source != SourceKind::V4l2
-            && matches!(v.input_format, InputFormat::Mjpeg | InputFormat::H264)
-        {
-            bail!(
-                "video.input_format = {:?} needs video.source = \"v4l2\" (a USB camera)",
-                v.input_format.as_str()
-            );
-        }
-        if let Some(device) = &v.device
-            && (device.is_empty() || device.contains('"'))
-        {
-            bail!("video.device {device:?} is not a usable device name");
-        }
-        if let Some(device) = &v.encoder_device
-            && !device.starts_with('/')
-        {
-            bail!("video.encoder_device {device:?} must be a path such as /dev/video11");
-        }
-        Ok(())
     }
 }
 
@@ -451,6 +281,94 @@ pub struct IceSettings {
     pub loopback: bool,
 }
 
+/// Why the settings could not be loaded; each says which file or key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The site config file could not be read.
+    #[error("cannot read the config file {}: {error}", path.display())]
+    ReadSite {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        error: std::io::Error,
+    },
+    /// The site config file is not TOML.
+    #[error("{} is not valid TOML: {error}", path.display())]
+    ParseSite {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        error: toml::de::Error,
+    },
+    /// The site config's `board` key is not a string.
+    #[error("board in the config file must be a string, not {0}")]
+    BoardKey(String),
+    /// No built-in board has this name and it is no path.
+    #[error("unknown board {board:?}; built-in boards: {known} (or give a path to a .toml file)")]
+    UnknownBoard {
+        /// The name given.
+        board: String,
+        /// The built-in names, comma-separated.
+        known: String,
+    },
+    /// The board file could not be read.
+    #[error("cannot read the board file {board}: {error}")]
+    ReadBoard {
+        /// The path given.
+        board: String,
+        /// What reading it said.
+        error: std::io::Error,
+    },
+    /// The board profile is not TOML.
+    #[error("the board profile {board} is not valid TOML: {error}")]
+    ParseBoard {
+        /// The board's name or path.
+        board: String,
+        /// Where and why.
+        error: toml::de::Error,
+    },
+    /// The merged layers do not make settings: an unknown key, a value of the wrong type.
+    #[error("invalid settings: {0}")]
+    Invalid(toml::de::Error),
+    /// The callee name (configured or the host name) is not a phonebook name.
+    #[error("the callee name {name:?} cannot be used ({why}); set one with --name")]
+    CalleeName {
+        /// The name.
+        name: String,
+        /// What the phonebook's rules say.
+        why: String,
+    },
+    /// The `[video]` section.
+    #[error(transparent)]
+    Video(#[from] VideoSettingsError),
+    /// `call.max_viewers` out of range.
+    #[error("call.max_viewers must be between 1 and 64")]
+    MaxViewers,
+    /// A GPIO backend with no button to read.
+    #[error("gpio.backend is set but neither gpio.accept nor gpio.decline has a pin")]
+    GpioWithoutButtons,
+    /// `device.phonebook` is no WebSocket URL.
+    #[error("the phonebook URL {0:?} must start with ws:// or wss://")]
+    PhonebookUrl(String),
+    /// `peerjs.server` is no HTTP or WebSocket URL.
+    #[error("peerjs.server {0:?} must start with http://, https://, ws:// or wss://")]
+    PeerJsUrl(String),
+    /// The PeerJS id (configured or the callee name) is not one PeerJS takes.
+    #[error(
+        "{0:?} is not a PeerJS id (letters and digits, single spaces, '-' or '_' between them); set peerjs.id"
+    )]
+    PeerJsId(String),
+    /// The `[access]` section.
+    #[error("access: {0}")]
+    Access(String),
+    /// Auto-answer for anyone who can reach the phonebook.
+    #[error(
+        "answer = \"auto\" with access.callers = \"open\" would let anyone on the network watch this camera: \
+         set access.callers to \"passphrase\" or \"users\", or listen on 127.0.0.1 only"
+    )]
+    OpenAutoAnswer,
+}
+
 impl Settings {
     /// Merges the board profile `board` (a built-in name or a file), the optional site
     /// config file and the command-line overrides, in that order.
@@ -458,7 +376,7 @@ impl Settings {
         board: &str,
         site: Option<&Path>,
         overrides: toml::Table,
-    ) -> anyhow::Result<Settings> {
+    ) -> Result<Settings, ConfigError> {
         Settings::load_for(Some(board), site, overrides)
     }
 
@@ -469,19 +387,24 @@ impl Settings {
         board: Option<&str>,
         site: Option<&Path>,
         overrides: toml::Table,
-    ) -> anyhow::Result<Settings> {
+    ) -> Result<Settings, ConfigError> {
         let mut site_table = match site {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the config file {}", path.display()))?;
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("{} is not valid TOML", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).map_err(|error| ConfigError::ReadSite {
+                        path: path.to_owned(),
+                        error,
+                    })?;
+                toml::from_str::<toml::Table>(&text).map_err(|error| ConfigError::ParseSite {
+                    path: path.to_owned(),
+                    error,
+                })?
             }
             None => toml::Table::new(),
         };
         let site_board = match site_table.remove("board") {
             Some(toml::Value::String(name)) => Some(name),
-            Some(other) => bail!("board in the config file must be a string, not {other}"),
+            Some(other) => return Err(ConfigError::BoardKey(other.to_string())),
             None => None,
         };
         let board = board
@@ -493,7 +416,7 @@ impl Settings {
         merge(&mut merged, overrides);
         let mut settings: Settings = toml::Value::Table(merged)
             .try_into()
-            .context("invalid settings")?;
+            .map_err(ConfigError::Invalid)?;
         settings.board = board;
         settings.validate()?;
         Ok(settings)
@@ -509,76 +432,74 @@ impl Settings {
         Some(Duration::from_secs(self.call.idle_stop_secs))
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        if let Err(why) = validate_name(&self.name()) {
-            bail!(
-                "the callee name {:?} cannot be used ({why}); set one with --name",
-                self.name()
-            );
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.name();
+        if let Err(why) = validate_name(&name) {
+            return Err(ConfigError::CalleeName { name, why });
         }
         self.video.validate()?;
         if !(1..=64).contains(&self.call.max_viewers) {
-            bail!("call.max_viewers must be between 1 and 64");
+            return Err(ConfigError::MaxViewers);
         }
         if self.gpio.backend != GpioBackend::None
             && self.gpio.accept.is_none()
             && self.gpio.decline.is_none()
         {
-            bail!("gpio.backend is set but neither gpio.accept nor gpio.decline has a pin");
+            return Err(ConfigError::GpioWithoutButtons);
         }
         if let Some(url) = &self.device.phonebook
             && !(url.starts_with("ws://") || url.starts_with("wss://"))
         {
-            bail!("the phonebook URL {url:?} must start with ws:// or wss://");
+            return Err(ConfigError::PhonebookUrl(url.clone()));
         }
         if let Some(url) = &self.peerjs.server {
             if !["http://", "https://", "ws://", "wss://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme))
             {
-                bail!("peerjs.server {url:?} must start with http://, https://, ws:// or wss://");
+                return Err(ConfigError::PeerJsUrl(url.clone()));
             }
-            let id = self.peerjs.peer_id(&self.name());
+            let id = self.peerjs.peer_id(&name);
             if !crate::signalling::peerjs::valid_peer_id(&id) {
-                bail!(
-                    "{id:?} is not a PeerJS id (letters and digits, single spaces, '-' or '_' between them); set peerjs.id"
-                );
+                return Err(ConfigError::PeerJsId(id));
             }
         }
-        self.access
-            .validate()
-            .map_err(|why| anyhow::anyhow!("access: {why}"))?;
+        self.access.validate().map_err(ConfigError::Access)?;
         if self.call.answer == AnswerPolicy::Auto
             && self.device.phonebook.is_none()
             && self.access.callers == crate::signalling::access::CallerMode::Open
             && !self.device.listen.ip().is_loopback()
         {
-            bail!(
-                "answer = \"auto\" with access.callers = \"open\" would let anyone on the network watch this camera: \
-                 set access.callers to \"passphrase\" or \"users\", or listen on 127.0.0.1 only"
-            );
+            return Err(ConfigError::OpenAutoAnswer);
         }
         Ok(())
     }
 }
 
-fn read_board(board: &str) -> anyhow::Result<toml::Table> {
+fn read_board(board: &str) -> Result<toml::Table, ConfigError> {
     let text = match BOARDS.iter().find(|(name, _)| *name == board) {
         Some((_, text)) => text.to_string(),
         None if board.ends_with(".toml") || board.contains('/') => {
-            std::fs::read_to_string(board)
-                .with_context(|| format!("cannot read the board file {board}"))?
+            std::fs::read_to_string(board).map_err(|error| ConfigError::ReadBoard {
+                board: board.to_owned(),
+                error,
+            })?
         }
-        None => bail!(
-            "unknown board {board:?}; built-in boards: {} (or give a path to a .toml file)",
-            BOARDS
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => {
+            return Err(ConfigError::UnknownBoard {
+                board: board.to_owned(),
+                known: BOARDS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
     };
-    toml::from_str(&text).with_context(|| format!("the board profile {board} is not valid TOML"))
+    toml::from_str(&text).map_err(|error| ConfigError::ParseBoard {
+        board: board.to_owned(),
+        error,
+    })
 }
 
 /// Overlays `top` on `base`, table by table, so a site config can change one key of a
@@ -592,15 +513,6 @@ fn merge(base: &mut toml::Table, top: toml::Table) {
             }
         }
     }
-}
-
-/// The machine's host name, or "peercam" if it has none usable.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| validate_name(s).is_ok())
-        .unwrap_or_else(|| "peercam".into())
 }
 
 #[cfg(test)]
@@ -681,10 +593,48 @@ mod tests {
             Settings::load("dev", None, table("[video]\nencoder = \"nope\"")).unwrap_err()
         );
         assert!(err.contains("unknown encoder"), "{err}");
-        let err = format!(
-            "{:#}",
-            Settings::load("moon", None, toml::Table::new()).unwrap_err()
+        let err = Settings::load("moon", None, toml::Table::new()).unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownBoard { board, .. } if board == "moon"));
+        assert!(err.to_string().contains("built-in boards: dev"), "{err}");
+    }
+
+    #[test]
+    fn errors_are_matchable_and_name_the_file_or_key() {
+        let err = Settings::load("dev", None, table("[video]\nfps = 0")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Video(VideoSettingsError::Size { fps: 0, .. })
+            ),
+            "{err}"
         );
-        assert!(err.contains("built-in boards: dev"), "{err}");
+        let err = Settings::load("dev", None, table("[call]\nmax_viewers = 0")).unwrap_err();
+        assert!(matches!(err, ConfigError::MaxViewers), "{err}");
+        let err = Settings::load("dev", None, table("[device]\nname = \"a/b\"")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::CalleeName { name, .. } if name == "a/b"),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("; set one with --name"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let err = Settings::load_for(None, Some(&missing), toml::Table::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::ReadSite { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "cannot read the config file {}: ",
+                missing.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&missing, "board = 7\n").unwrap();
+        let err = Settings::load_for(None, Some(&missing), toml::Table::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "board in the config file must be a string, not 7"
+        );
+        let err =
+            Settings::load(&missing.display().to_string(), None, toml::Table::new()).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
     }
 }

@@ -17,9 +17,11 @@
 
 pub mod app;
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod device;
 pub mod gpio;
+pub mod host;
 pub mod media;
 pub mod rtc;
 pub mod signalling;

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use peercam::app;
-use peercam::config::{AnswerPolicy, BOARDS, Settings};
+use peercam::config::{AnswerPolicy, Settings};
 use peercam::gpio::simulated;
-use peercam::media::{self, check, devices};
+use peercam::{app, cli, media};
 use tokio_util::sync::CancellationToken;
 
 /// The site config read when `--config` is not given, if it exists.
@@ -249,23 +248,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { control } => control_command(control, "status").await,
         Command::Boards => {
-            for (name, text) in BOARDS {
-                let description = toml::from_str::<toml::Table>(text)
-                    .ok()
-                    .and_then(|t| {
-                        t.get("description")
-                            .and_then(|d| d.as_str().map(str::to_owned))
-                    })
-                    .unwrap_or_default();
-                println!("{name:12} {description}");
-            }
+            print!("{}", cli::boards());
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices { settings } => {
             let overrides = parse_overrides(&settings.set)?;
             let settings = load(&settings, overrides)?;
             media::init()?;
-            let report = tokio::task::spawn_blocking(move || devices::report(&settings)).await?;
+            let report =
+                tokio::task::spawn_blocking(move || cli::devices::report(&settings)).await?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
@@ -278,11 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = match loaded {
                 Ok(settings) => settings,
                 Err(err) if json => {
-                    let report = check::CheckReport {
-                        board: settings.board.clone().unwrap_or_else(|| "dev".into()),
-                        error: Some(format!("{err:#}")),
-                        ..Default::default()
-                    };
+                    let report = cli::check::not_loaded(settings.board.as_deref(), &err);
                     println!("{}", serde_json::to_string(&report)?);
                     return Ok(ExitCode::FAILURE);
                 }
@@ -290,11 +277,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let duration = Duration::from_secs(seconds.clamp(1, 600));
             let report =
-                tokio::task::spawn_blocking(move || check::run(&settings, duration)).await?;
+                tokio::task::spawn_blocking(move || cli::check::run(&settings, duration)).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", check::table(&report));
+                print!("{}", cli::check::table(&report));
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -325,7 +312,11 @@ fn load(args: &SettingsArgs, overrides: toml::Table) -> anyhow::Result<Settings>
             .exists()
             .then(|| PathBuf::from(SITE_CONFIG))
     });
-    Settings::load_for(args.board.as_deref(), site.as_deref(), overrides)
+    Ok(Settings::load_for(
+        args.board.as_deref(),
+        site.as_deref(),
+        overrides,
+    )?)
 }
 
 /// Turns `--set a.b=value` pairs into a table; values are TOML (`640`, `true`,

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Deserialize;
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -70,6 +70,66 @@ pub struct ServerTls {
     pub cert_path: PathBuf,
 }
 
+/// Why TLS could not be set up; each names the file or setting.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// Only one of `tls.cert` and `tls.key` is set.
+    #[error("tls.cert and tls.key go together: set both, or neither for a self-signed certificate")]
+    HalfConfigured,
+    /// rustls has no protocol version the ring provider supports (a build problem).
+    #[error("no TLS versions: {0}")]
+    NoVersions(rustls::Error),
+    /// The key is not the certificate's.
+    #[error("the TLS certificate and key do not go together: {0}")]
+    Mismatch(rustls::Error),
+    /// The certificate file could not be read.
+    #[error("cannot read the certificate {}: {error}", path.display())]
+    ReadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// The certificate file is not PEM.
+    #[error("{} is not a PEM certificate: {error}", path.display())]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// What parsing it said.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// A PEM file without a certificate in it.
+    #[error("{} holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    /// The key file could not be read or holds no private key.
+    #[error("cannot read a PEM private key from {}: {error}", path.display())]
+    ReadKey {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        error: rustls::pki_types::pem::Error,
+    },
+    /// The directory for the self-signed certificate could not be made.
+    #[error("cannot create {} for the certificate: {error}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What mkdir said.
+        error: std::io::Error,
+    },
+    /// rcgen could not make the certificate.
+    #[error("cannot make a self-signed certificate: {0}")]
+    SelfSign(rcgen::Error),
+    /// The certificate or key could not be written.
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What writing said.
+        error: std::io::Error,
+    },
+}
+
 impl TlsSettings {
     /// Whether a phonebook listening on `listen` serves HTTPS.
     pub fn enabled_for(&self, listen: SocketAddr) -> bool {
@@ -81,7 +141,7 @@ impl TlsSettings {
     }
 
     /// The TLS set-up for a phonebook on `listen`, or `None` when it serves plain HTTP.
-    pub fn server(&self, listen: SocketAddr) -> anyhow::Result<Option<ServerTls>> {
+    pub fn server(&self, listen: SocketAddr) -> Result<Option<ServerTls>, TlsError> {
         if !self.enabled_for(listen) {
             return Ok(None);
         }
@@ -92,17 +152,15 @@ impl TlsSettings {
                 let (chain, key, path) = self_signed_in(&dir, listen)?;
                 (chain, key, true, path)
             }
-            _ => bail!(
-                "tls.cert and tls.key go together: set both, or neither for a self-signed certificate"
-            ),
+            _ => return Err(TlsError::HalfConfigured),
         };
         let certificate = chain[0].clone();
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .context("no TLS versions")?
+            .map_err(TlsError::NoVersions)?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .context("the TLS certificate and key do not go together")?;
+            .map_err(TlsError::Mismatch)?;
         let mut config = config;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Some(ServerTls {
@@ -119,20 +177,28 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_chain(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read the certificate {}", path.display()))?
+        .map_err(|error| TlsError::ReadCertificate {
+            path: path.to_owned(),
+            error,
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        .map_err(|error| TlsError::NotPem {
+            path: path.to_owned(),
+            error,
+        })?;
     if chain.is_empty() {
-        bail!("{} holds no certificate", path.display());
+        return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .with_context(|| format!("cannot read a PEM private key from {}", path.display()))
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| TlsError::ReadKey {
+        path: path.to_owned(),
+        error,
+    })
 }
 
 /// Where state is kept when the config does not say.
@@ -162,45 +228,53 @@ fn default_dir() -> PathBuf {
 fn self_signed_in(
     dir: &Path,
     listen: SocketAddr,
-) -> anyhow::Result<(
-    Vec<CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-    PathBuf,
-)> {
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        PathBuf,
+    ),
+    TlsError,
+> {
     let cert_path = dir.join("phonebook-cert.pem");
     let key_path = dir.join("phonebook-key.pem");
     if cert_path.exists() && key_path.exists() {
         return Ok((read_chain(&cert_path)?, read_key(&key_path)?, cert_path));
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {} for the certificate", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|error| TlsError::CreateDir {
+        dir: dir.to_owned(),
+        error,
+    })?;
     let names = certificate_names(listen);
-    let made = rcgen::generate_simple_self_signed(names.clone())
-        .context("cannot make a self-signed certificate")?;
+    let made = rcgen::generate_simple_self_signed(names.clone()).map_err(TlsError::SelfSign)?;
     write_private(&key_path, made.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, made.cert.pem())
-        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    std::fs::write(&cert_path, made.cert.pem()).map_err(|error| TlsError::Write {
+        path: cert_path.clone(),
+        error,
+    })?;
     info!(path = %cert_path.display(), names = ?names, "made a self-signed certificate for the phonebook");
     Ok((read_chain(&cert_path)?, read_key(&key_path)?, cert_path))
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(contents)?;
-    Ok(())
+        .and_then(|mut file| file.write_all(contents))
+        .map_err(|error| TlsError::Write {
+            path: path.to_owned(),
+            error,
+        })
 }
 
 /// The names and addresses a browser may use to reach this machine.
 fn certificate_names(listen: SocketAddr) -> Vec<String> {
-    let host = crate::config::host_name();
+    let host = crate::host::host_name();
     let mut names = vec![
         host.clone(),
         format!("{host}.local"),
@@ -324,10 +398,10 @@ impl axum::serve::Listener for TlsListener {
 /// exactly the certificate `pinned` when given.
 pub fn client_config(
     pinned: Option<CertificateDer<'static>>,
-) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .context("no TLS versions")?;
+        .map_err(TlsError::NoVersions)?;
     let config = match pinned {
         Some(certificate) => builder
             .dangerous()
@@ -347,7 +421,7 @@ pub fn client_config(
 }
 
 /// Reads the certificate a device pins (the first of a PEM file).
-pub fn read_pinned(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
+pub fn read_pinned(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
     Ok(read_chain(path)?.remove(0))
 }
 
@@ -465,6 +539,36 @@ mod tests {
             .server("127.0.0.1:0".parse().unwrap())
             .err()
             .unwrap();
-        assert!(err.to_string().contains("go together"), "{err:#}");
+        assert!(matches!(err, TlsError::HalfConfigured), "{err}");
+        assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let settings = TlsSettings {
+            mode: TlsMode::On,
+            cert: Some("/nonexistent-peercam.pem".into()),
+            key: Some("/nonexistent-peercam-key.pem".into()),
+            ..Default::default()
+        };
+        let err = settings
+            .server("127.0.0.1:0".parse().unwrap())
+            .err()
+            .unwrap();
+        assert!(matches!(err, TlsError::ReadCertificate { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read the certificate /nonexistent-peercam.pem: "),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let err = read_pinned(&empty).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("{} holds no certificate", empty.display())
+        );
     }
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use peercam::config::{BOARDS, GpioBackend, InputFormat, Settings, SourceKind};
-use peercam::media::{self, encode, pipeline};
+use peercam::config::{BOARDS, GpioBackend, Settings};
+use peercam::media::settings::{InputFormat, SourceKind};
+use peercam::media::{self, choose, encode, pipeline};
 
 fn load(board: &str) -> Settings {
     Settings::load(board, None, toml::Table::new())
@@ -228,7 +229,7 @@ fn choose_encoder_falls_back_from_v4l2h264enc_to_x264enc_here() {
         return; // a Pi: the hardware encoder may well be usable
     }
     let video = load("rpi4").video;
-    let (chosen, skipped) = encode::choose_encoder(&video).unwrap();
+    let (chosen, skipped) = choose::choose_encoder(&video).unwrap();
     assert_eq!(chosen.element, "x264enc");
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert!(skipped[0].starts_with("v4l2h264enc: "), "{skipped:?}");
@@ -240,7 +241,7 @@ fn choose_encoder_falls_back_from_v4l2h264enc_to_x264enc_here() {
     // No usable encoder at all: every reason is named.
     let mut video = load("rpi4").video;
     video.encoder_fallback.clear();
-    let err = format!("{:#}", encode::choose_encoder(&video).unwrap_err());
+    let err = format!("{:#}", choose::choose_encoder(&video).unwrap_err());
     assert!(
         err.contains("no usable H.264 encoder: v4l2h264enc: "),
         "{err}"
@@ -373,7 +374,7 @@ fn devices_lists_encoders_and_the_boards_pick() {
         stdout.contains("encoder       x264enc (software)"),
         "{stdout}"
     );
-    if peercam::media::devices::video_nodes().is_empty() {
+    if peercam::media::probe::video_nodes().is_empty() {
         assert!(stdout.contains("no /dev/video* nodes"), "{stdout}");
     }
     let out = peercam(&["devices", "--board", "rpi4"]);

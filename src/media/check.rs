@@ -2,8 +2,8 @@
 //! uses) for a few seconds, reads the H.264 access units from its `frames` appsink, and
 //! reports what came out: frame rate, bitrate, keyframe interval, picture size, profile
 //! and level, and the encoder used; or why nothing came out, with what to do about it.
+//! Printing the report is the command's business (`crate::cli::check`).
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use gstreamer_app as gst_app;
 use serde::Serialize;
 
 use super::pipeline;
-use crate::config::{Settings, SourceKind};
+use super::settings::{SourceKind, VideoSettings};
 
 /// What a check measured (or why it failed).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -97,17 +97,12 @@ struct Collected {
     caps: Option<gst::Caps>,
 }
 
-/// Runs the check for `duration` and reports; never panics on a broken camera.
-pub fn run(settings: &Settings, duration: Duration) -> CheckReport {
-    let video = &settings.video;
+/// Runs the check of `video` (from the board profile `board`) for `duration` and
+/// reports; never panics on a broken camera.
+pub fn run(board: &str, video: &VideoSettings, duration: Duration) -> CheckReport {
     let mut report = CheckReport {
-        board: settings.board.clone(),
-        source: match video.source {
-            SourceKind::Test => "test",
-            SourceKind::V4l2 => "v4l2",
-            SourceKind::Libcamera => "libcamera",
-        }
-        .into(),
+        board: board.to_owned(),
+        source: video.source.as_str().into(),
         configured: Configured {
             width: video.width,
             height: video.height,
@@ -117,7 +112,7 @@ pub fn run(settings: &Settings, duration: Duration) -> CheckReport {
         },
         ..CheckReport::default()
     };
-    if let Err(err) = measure(settings, duration, &mut report) {
+    if let Err(err) = measure(video, duration, &mut report) {
         report.ok = false;
         report.error = Some(format!("{err:#}"));
     }
@@ -125,11 +120,10 @@ pub fn run(settings: &Settings, duration: Duration) -> CheckReport {
 }
 
 fn measure(
-    settings: &Settings,
+    video: &VideoSettings,
     duration: Duration,
     report: &mut CheckReport,
 ) -> anyhow::Result<()> {
-    let video = &settings.video;
     super::init()?;
     let plan = pipeline::plan(video)?;
     report.input_format = plan.input.as_str().into();
@@ -310,115 +304,6 @@ fn summarise(collected: &Collected, report: &mut CheckReport) {
     }
 }
 
-/// The compact table `peercam check` prints.
-pub fn table(report: &CheckReport) -> String {
-    let mut out = String::new();
-    let c = &report.configured;
-    let row = |out: &mut String, key: &str, value: String| {
-        let _ = writeln!(out, "  {key:<12}{value}");
-    };
-    let _ = writeln!(out, "peercam check: board {}", report.board);
-    row(
-        &mut out,
-        "source",
-        if report.input_format.is_empty() {
-            report.source.clone()
-        } else {
-            format!("{}, input {}", report.source, report.input_format)
-        },
-    );
-    if let Some(encoder) = &report.encoder {
-        row(
-            &mut out,
-            "encoder",
-            format!(
-                "{encoder} ({}){}",
-                if encoder == "passthrough" {
-                    "the camera's own H.264"
-                } else if report.hardware {
-                    "hardware"
-                } else {
-                    "software"
-                },
-                if report.vp8_branch {
-                    ", VP8 branch idle"
-                } else {
-                    ""
-                }
-            ),
-        );
-    }
-    for why in &report.skipped {
-        row(&mut out, "skipped", why.clone());
-    }
-    if report.frames > 0 {
-        let size = match (report.width, report.height) {
-            (Some(w), Some(h)) => format!("{w}x{h}"),
-            _ => "unknown".into(),
-        };
-        row(
-            &mut out,
-            "picture",
-            format!(
-                "{size} (configured {}x{}), {} level {}",
-                c.width,
-                c.height,
-                report.profile.as_deref().unwrap_or("?"),
-                report.level.as_deref().unwrap_or("?"),
-            ),
-        );
-        row(
-            &mut out,
-            "frames",
-            format!(
-                "{} in {:.1} s, {} keyframes",
-                report.frames, report.seconds, report.keyframes
-            ),
-        );
-        row(
-            &mut out,
-            "fps",
-            format!("{:.1} (configured {})", report.fps, c.fps),
-        );
-        row(
-            &mut out,
-            "bitrate",
-            format!(
-                "{:.0} kbit/s (configured {})",
-                report.bitrate_kbps, c.bitrate_kbps
-            ),
-        );
-        row(
-            &mut out,
-            "keyframes",
-            match (
-                report.keyframe_interval_frames,
-                report.keyframe_interval_secs,
-            ) {
-                (Some(f), Some(s)) => format!(
-                    "every {f:.0} frames, {s:.2} s (configured {})",
-                    c.keyframe_interval
-                ),
-                (Some(f), None) => {
-                    format!("every {f:.0} frames (configured {})", c.keyframe_interval)
-                }
-                _ => format!(
-                    "only {} in the run: the interval is longer (configured {})",
-                    report.keyframes, c.keyframe_interval
-                ),
-            },
-        );
-    }
-    for warning in &report.warnings {
-        row(&mut out, "warning", warning.clone());
-    }
-    match &report.error {
-        None => row(&mut out, "result", "ok".into()),
-        Some(err) => row(&mut out, "result", format!("FAILED: {err}")),
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,17 +326,5 @@ mod tests {
         assert_eq!(report.bitrate_kbps, 240.0);
         assert_eq!(report.keyframe_interval_frames, Some(30.0));
         assert_eq!(report.keyframe_interval_secs, Some(1.0));
-    }
-
-    #[test]
-    fn table_says_failed_with_the_reason() {
-        let report = CheckReport {
-            board: "usb-webcam".into(),
-            source: "v4l2".into(),
-            error: Some("camera missing: /dev/video0 does not exist".into()),
-            ..CheckReport::default()
-        };
-        let text = table(&report);
-        assert!(text.contains("FAILED: camera missing"), "{text}");
     }
 }

@@ -1,6 +1,5 @@
 //! Every encoder's quirks in one table, so the pipeline builder never special-cases an
-//! encoder by name, and the choice of encoder for a board ([`choose_encoder`]): the
-//! configured one, else the first usable fallback.
+//! encoder by name. Which of them a board gets here is [`super::choose`]'s business.
 //!
 //! What differs between encoders and lives here: the raw format they must be fed, their
 //! low-latency settings, the bitrate's unit and property (and whether and how it can be
@@ -9,12 +8,11 @@
 //! browser can decode what they emit (constrained baseline; a level for the encoders that
 //! need one spelt out), and whether they need a hardware codec device.
 
-use anyhow::bail;
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use thiserror::Error;
 
 use super::Codec;
-use crate::config::VideoSettings;
 
 /// How to drive one encoder element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,15 +252,47 @@ impl EncoderQuirks {
     }
 }
 
+/// Why a bitrate update did not reach the encoder.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BitrateError {
+    /// The quirks name a property the element does not have.
+    #[error("{element} has no property {name:?}")]
+    NoProperty {
+        /// The element's name in the pipeline.
+        element: String,
+        /// The property.
+        name: &'static str,
+    },
+    /// The property is not an integer.
+    #[error("{element}'s {name:?} is a {type_name}, not an integer")]
+    NotInteger {
+        /// The element's name in the pipeline.
+        element: String,
+        /// The property.
+        name: &'static str,
+        /// Its GLib type.
+        type_name: String,
+    },
+    /// The `extra-controls` text does not parse.
+    #[error("{0:?} is not a GStreamer structure")]
+    NotStructure(String),
+    /// The encoder takes a new bitrate only when the pipeline is rebuilt.
+    #[error("{0} cannot change its bitrate while playing")]
+    Rebuild(String),
+}
+
 impl BitrateUpdate {
     /// Applies the update to a running encoder element, converting the value to the
     /// property's integer type and clamping it to the property's range. Returns an error
     /// for [`BitrateUpdate::Rebuild`], an unknown property or a malformed structure.
-    pub fn apply(&self, element: &gst::Element) -> anyhow::Result<()> {
+    pub fn apply(&self, element: &gst::Element) -> Result<(), BitrateError> {
         match self {
             BitrateUpdate::Property { name, value } => {
                 let Some(pspec) = element.find_property(name) else {
-                    bail!("{} has no property {name:?}", element.name());
+                    return Err(BitrateError::NoProperty {
+                        element: element.name().to_string(),
+                        name,
+                    });
                 };
                 let v = *value;
                 let t = pspec.value_type();
@@ -278,20 +308,22 @@ impl BitrateUpdate {
                     let v = (v.min(i64::MAX as u64) as i64).clamp(p.minimum(), p.maximum());
                     element.set_property(name, v);
                 } else {
-                    bail!("{}'s {name:?} is a {t}, not an integer", element.name());
+                    return Err(BitrateError::NotInteger {
+                        element: element.name().to_string(),
+                        name,
+                        type_name: t.to_string(),
+                    });
                 }
                 Ok(())
             }
             BitrateUpdate::ExtraControls(text) => {
                 let structure: gst::Structure = text
                     .parse()
-                    .map_err(|_| anyhow::anyhow!("{text:?} is not a GStreamer structure"))?;
+                    .map_err(|_| BitrateError::NotStructure(text.clone()))?;
                 element.set_property("extra-controls", structure);
                 Ok(())
             }
-            BitrateUpdate::Rebuild => {
-                bail!("{} cannot change its bitrate while playing", element.name())
-            }
+            BitrateUpdate::Rebuild => Err(BitrateError::Rebuild(element.name().to_string())),
         }
     }
 }
@@ -332,86 +364,9 @@ pub fn profile_level_id(width: u32, height: u32, fps: u32) -> String {
     format!("42e0{idc:02x}")
 }
 
-/// Picks the H.264 encoder for `video`: `encoder`, then each of `encoder_fallback` in
-/// order, skipping one whose GStreamer element is not installed or (for a hardware
-/// encoder) whose codec device is missing or is not a memory-to-memory H.264 encoder.
-/// Returns the chosen encoder and, for each one skipped before it, why. Fails naming
-/// every reason when none is usable.
-pub fn choose_encoder(
-    video: &VideoSettings,
-) -> anyhow::Result<(&'static EncoderQuirks, Vec<String>)> {
-    super::init()?;
-    choose_encoder_with(video, usable)
-}
-
-/// [`choose_encoder`] with the usability test passed in (for tests).
-pub fn choose_encoder_with(
-    video: &VideoSettings,
-    usable: impl Fn(&EncoderQuirks, &VideoSettings) -> Result<(), String>,
-) -> anyhow::Result<(&'static EncoderQuirks, Vec<String>)> {
-    let mut skipped = Vec::new();
-    let mut tried: Vec<&str> = Vec::new();
-    for name in std::iter::once(&video.encoder).chain(&video.encoder_fallback) {
-        if tried.contains(&name.as_str()) {
-            continue;
-        }
-        tried.push(name);
-        let Some(quirks) = h264_quirks(name) else {
-            skipped.push(format!("{name}: not an H.264 encoder peercam knows"));
-            continue;
-        };
-        match usable(quirks, video) {
-            Ok(()) => return Ok((quirks, skipped)),
-            Err(why) => skipped.push(format!("{name}: {why}")),
-        }
-    }
-    bail!("no usable H.264 encoder: {}", skipped.join("; "))
-}
-
-/// Whether `quirks`' encoder can run here: its element is registered and, for a
-/// hardware encoder, its codec device answers VIDIOC_QUERYCAP as an H.264 encoder.
-fn usable(quirks: &EncoderQuirks, video: &VideoSettings) -> Result<(), String> {
-    let mut why = Vec::new();
-    if quirks.hardware
-        && let Some(device) = video.encoder_device.as_deref().or(quirks.device)
-        && let Err(e) = super::devices::check_h264_encoder(device)
-    {
-        why.push(e);
-    }
-    if gst::ElementFactory::find(quirks.element).is_none() {
-        why.push(if quirks.hardware {
-            format!(
-                "the GStreamer element {} is not registered ({} registers it only when the \
-                 kernel has a V4L2 H.264 encoder)",
-                quirks.element, quirks.package
-            )
-        } else {
-            format!(
-                "the GStreamer element {} is not installed (apt install {})",
-                quirks.element, quirks.package
-            )
-        });
-    }
-    if why.is_empty() {
-        Ok(())
-    } else {
-        Err(why.join(", and "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-
-    fn video(encoder: &str, fallback: &[&str]) -> VideoSettings {
-        let mut v = Settings::load("dev", None, toml::Table::new())
-            .unwrap()
-            .video;
-        v.encoder = encoder.into();
-        v.encoder_fallback = fallback.iter().map(|s| s.to_string()).collect();
-        v
-    }
 
     #[test]
     fn x264_gets_kbit_and_gop() {
@@ -519,56 +474,29 @@ mod tests {
             };
             assert_eq!(got, expect, "{name}");
         }
-        let element = gst::ElementFactory::make("x264enc").build().unwrap();
-        assert!(BitrateUpdate::Rebuild.apply(&element).is_err());
-    }
-
-    #[test]
-    fn choice_walks_the_fallbacks_and_says_why() {
-        let v = video("v4l2h264enc", &["openh264enc", "x264enc"]);
-        let (chosen, skipped) = choose_encoder_with(&v, |q, _| {
-            if q.element == "x264enc" {
-                Ok(())
-            } else {
-                Err(format!("{} is not here", q.element))
-            }
-        })
-        .unwrap();
-        assert_eq!(chosen.element, "x264enc");
+        let element = gst::ElementFactory::make("x264enc")
+            .name("h264enc")
+            .build()
+            .unwrap();
         assert_eq!(
-            skipped,
-            [
-                "v4l2h264enc: v4l2h264enc is not here",
-                "openh264enc: openh264enc is not here"
-            ]
+            BitrateUpdate::Rebuild.apply(&element),
+            Err(BitrateError::Rebuild("h264enc".into()))
         );
-        let err = choose_encoder_with(&v, |_, _| Err("gone".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no usable H.264 encoder"), "{err}");
-        for name in ["v4l2h264enc", "openh264enc", "x264enc"] {
-            assert!(err.contains(&format!("{name}: gone")), "{err}");
-        }
-        // The first choice wins when it is usable.
-        let (chosen, skipped) = choose_encoder_with(&v, |_, _| Ok(())).unwrap();
-        assert_eq!((chosen.element, skipped.len()), ("v4l2h264enc", 0));
-    }
-
-    #[test]
-    fn hardware_encoder_falls_back_here() {
-        // No /dev/video11 and no v4l2h264enc on a build machine.
-        if std::path::Path::new("/dev/video11").exists() {
-            return;
-        }
-        let mut v = video("v4l2h264enc", &["x264enc"]);
-        v.encoder_device = Some("/dev/video11".into());
-        let (chosen, skipped) = choose_encoder(&v).unwrap();
-        assert_eq!(chosen.element, "x264enc");
-        assert_eq!(skipped.len(), 1, "{skipped:?}");
-        assert!(skipped[0].contains("/dev/video11"), "{skipped:?}");
-        assert!(
-            skipped[0].contains("v4l2h264enc is not registered"),
-            "{skipped:?}"
+        let missing = BitrateUpdate::Property {
+            name: "no-such-bitrate",
+            value: 1,
+        };
+        assert_eq!(
+            missing.apply(&element).unwrap_err().to_string(),
+            "h264enc has no property \"no-such-bitrate\""
         );
+        let not_int = BitrateUpdate::Property {
+            name: "tune",
+            value: 1,
+        };
+        assert!(matches!(
+            not_int.apply(&element),
+            Err(BitrateError::NotInteger { name: "tune", .. })
+        ));
     }
 }

@@ -7,11 +7,15 @@
 
 pub mod audio;
 pub mod check;
-pub mod devices;
+pub mod choose;
 pub mod encode;
 pub mod fanout;
+pub mod input_format;
 pub mod pipeline;
+pub mod probe;
+pub mod registry;
 pub mod running;
+pub mod settings;
 pub mod stamp;
 
 use std::sync::{Arc, OnceLock};

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail};
 use gstreamer as gst;
 
 use super::encode;
-use crate::config::{InputFormat, SourceKind, VideoSettings};
+use super::settings::{InputFormat, SourceKind, VideoSettings};
 
 /// How the camera pipeline will be built on this machine, with the reasons for each
 /// choice; [`describe`] is its `description`.
@@ -35,13 +35,13 @@ impl PipelinePlan {
 }
 
 /// Plans the camera pipeline for these settings here: resolves the input format (asking
-/// a V4L2 camera for `auto`) and chooses the encoder ([`encode::choose_encoder`]).
+/// a V4L2 camera for `auto`) and chooses the encoder ([`super::choose::choose_encoder`]).
 pub fn plan(video: &VideoSettings) -> anyhow::Result<PipelinePlan> {
-    let (input, input_note) = super::devices::resolve_input_format(video);
+    let (input, input_note) = super::input_format::resolve_input_format(video);
     let (encoder, skipped) = if input == InputFormat::H264 {
         (None, Vec::new())
     } else {
-        let (quirks, skipped) = encode::choose_encoder(video)?;
+        let (quirks, skipped) = super::choose::choose_encoder(video)?;
         (Some(quirks), skipped)
     };
     Ok(PipelinePlan {
@@ -55,7 +55,7 @@ pub fn plan(video: &VideoSettings) -> anyhow::Result<PipelinePlan> {
 }
 
 /// The `gst-launch` description of the camera pipeline for these settings, with the
-/// encoder [`encode::choose_encoder`] picks here. [`plan`] says what was chosen and why.
+/// encoder [`super::choose::choose_encoder`] picks here. [`plan`] says what was chosen and why.
 pub fn describe(video: &VideoSettings) -> anyhow::Result<String> {
     Ok(plan(video)?.description)
 }
