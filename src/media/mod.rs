@@ -10,6 +10,7 @@ pub mod check;
 pub mod devices;
 pub mod encode;
 pub mod fanout;
+pub mod names;
 pub mod pipeline;
 pub mod running;
 pub mod stamp;
@@ -74,9 +75,9 @@ impl Codec {
     /// The name of the appsink that delivers this codec.
     pub fn sink_name(self) -> &'static str {
         match self {
-            Codec::H264 => "frames",
-            Codec::Vp8 => "vp8frames",
-            Codec::Opus => "opusframes",
+            Codec::H264 => names::H264_SINK,
+            Codec::Vp8 => names::VP8_SINK,
+            Codec::Opus => names::OPUS_SINK,
         }
     }
 
