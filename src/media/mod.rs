@@ -1,18 +1,25 @@
 //! Media: one camera pipeline, encoded once, fanned out to every call.
 //!
 //! [`pipeline`] builds the GStreamer pipeline from the board's settings (source, caps,
-//! encoder from the quirks table in [`encode`]) and hands out H.264 access units;
-//! [`fanout`] runs that pipeline only while someone watches, shares each frame with every
-//! viewer, skips a lagging viewer to the next keyframe and coalesces keyframe requests.
+//! encoder from the quirks table in [`encode`]), and [`running`] runs it as an
+//! [`source::EncodedSource`] that hands out H.264 access units; [`fanout`] runs a source
+//! only while someone watches, shares each frame with every viewer, skips a lagging viewer
+//! to the next keyframe ([`keyframe`] coalesces the requests) and sets the bitrate from
+//! the viewers' estimates ([`bitrate`]). [`replay`] is a source that replays access units
+//! on tokio time, for tests on virtual time.
 
 pub mod audio;
+pub mod bitrate;
 pub mod check;
 pub mod devices;
 pub mod encode;
 pub mod fanout;
+pub mod keyframe;
 pub mod names;
 pub mod pipeline;
+pub mod replay;
 pub mod running;
+pub mod source;
 pub mod stamp;
 
 use std::sync::{Arc, OnceLock};

@@ -1,6 +1,6 @@
 //! The camera pipeline's description: source → convert → encoder → h264parse → appsink,
 //! built from the board's settings (and the on-demand VP8 branch). It runs as a
-//! [`super::running::RunningPipeline`].
+//! [`super::running::GstSource`].
 
 use anyhow::{anyhow, bail};
 use gstreamer as gst;
