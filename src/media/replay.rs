@@ -172,7 +172,7 @@ impl ReplaySource {
         self.lock().bitrates.clone()
     }
 
-    /// Whether the VP8 branch is open.
+    /// Whether the VP8 branch of the current run is open.
     pub fn vp8_open(&self) -> bool {
         self.lock().vp8_open
     }
@@ -307,6 +307,8 @@ impl Drop for RunningReplay {
         let mut shared = lock(&self.shared);
         if shared.run.as_ref().is_some_and(|run| run.id == self.id) {
             shared.run = None;
+            // A new pipeline starts with the valve closed, so the feed must open it again.
+            shared.vp8_open = false;
         }
     }
 }
