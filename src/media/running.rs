@@ -49,13 +49,18 @@ impl GstSource {
     pub fn description(&self) -> &str {
         &self.description
     }
+
+    /// Starts a run into `sink`: [`EncodedSource::start`] without the box.
+    pub fn run(&self, sink: Sink) -> Result<RunningPipeline, SourceError> {
+        let mut running = RunningPipeline::start(&self.description, sink)?;
+        running.encoders = self.encoders.clone();
+        Ok(running)
+    }
 }
 
 impl EncodedSource for GstSource {
     fn start(&self, sink: Sink) -> Result<Box<dyn RunningSource>, SourceError> {
-        let mut running = RunningPipeline::start(&self.description, sink)?;
-        running.encoders = self.encoders.clone();
-        Ok(Box::new(running))
+        Ok(Box::new(self.run(sink)?))
     }
 }
 
@@ -193,5 +198,68 @@ impl Drop for RunningPipeline {
         if let Some(bus) = self.pipeline.bus() {
             bus.unset_sync_handler();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::media::pipeline;
+
+    #[test]
+    fn the_plans_encoders_and_vp8_valve_follow_the_feed() {
+        crate::media::init().unwrap();
+        let settings = Settings::load("dev", None, toml::Table::new()).unwrap();
+        let plan = pipeline::plan(&settings.video).unwrap();
+        assert!(plan.vp8, "the dev board has the VP8 branch");
+        let source = GstSource::from_plan(&plan);
+        let running = source.run(Sink::new(1, |_, _| {}, |_, _| {})).unwrap();
+        assert!(running.has(Codec::H264) && running.has(Codec::Vp8));
+        assert!(!running.has(Codec::Opus) && running.keyframe_trigger(Codec::Opus).is_none());
+
+        running.set_bitrate(1234);
+        let mut retuned = Vec::new();
+        for quirks in &source.encoders {
+            let element = running.element(quirks.element).unwrap();
+            let (property, expect) = match quirks.element {
+                "x264enc" => ("bitrate", 1234),
+                "openh264enc" => ("bitrate", 1_234_000),
+                "vp8enc" => ("target-bitrate", 1_234_000),
+                other => panic!("no expectation for {other}"),
+            };
+            let got: i64 = match element.property_value(property).get::<u32>() {
+                Ok(v) => v.into(),
+                Err(_) => element.property::<i32>(property).into(),
+            };
+            assert_eq!(got, expect, "{}", quirks.element);
+            retuned.push(quirks.element);
+        }
+        assert_eq!(retuned, [plan.encoder_name(), "vp8enc"]);
+
+        let valve = running.pipeline.by_name(names::VP8_VALVE).unwrap();
+        assert!(
+            valve.property::<bool>("drop"),
+            "closed until a VP8 viewer comes"
+        );
+        running.set_vp8(true);
+        assert!(!valve.property::<bool>("drop"));
+        running.set_vp8(false);
+        assert!(valve.property::<bool>("drop"));
+    }
+
+    #[test]
+    fn a_description_without_a_known_appsink_is_refused() {
+        crate::media::init().unwrap();
+        let err = GstSource::new("videotestsrc ! fakesink")
+            .run(Sink::new(1, |_, _| {}, |_, _| {}))
+            .err()
+            .unwrap();
+        assert!(matches!(err, SourceError::NoSink), "{err}");
+        let err = GstSource::new("videotestsrc ! nosuchelement")
+            .run(Sink::new(1, |_, _| {}, |_, _| {}))
+            .err()
+            .unwrap();
+        assert!(matches!(err, SourceError::Build { .. }), "{err}");
     }
 }
