@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +15,8 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::device;
 use crate::gpio::{self, simulated};
-use crate::media::fanout::{BitrateSettings, Feed, Retune};
+use crate::media::fanout::{BitrateSettings, Feed};
+use crate::media::running::GstSource;
 use crate::media::{self, audio, encode, pipeline};
 use crate::rtc::{Feeds, MediaCaps};
 use crate::signalling::server::PhonebookServer;
@@ -111,15 +111,14 @@ pub async fn run(
     drop(command_tx);
 
     let feeds = Feeds {
-        video: Feed::new(
+        video: Feed::from_source(
             "camera",
-            plan.description.clone(),
+            GstSource::from_plan(&plan),
             settings.idle_stop(),
             Some(BitrateSettings {
                 configured_kbps: settings.video.bitrate_kbps,
                 min_kbps: settings.video.min_bitrate_kbps,
                 max_kbps: settings.video.max_bitrate_kbps,
-                retune: retuner(plan.encoder, plan.vp8),
             }),
         ),
         audio: audio::describe_microphone(&settings.audio)
@@ -154,26 +153,6 @@ pub async fn run(
         let _ = task.await;
     }
     result
-}
-
-/// Sets the running encoders' bitrate the way their quirks say: the H.264 encoder (none
-/// when the camera's own H.264 is passed through) and the VP8 branch's.
-fn retuner(h264: Option<&'static encode::EncoderQuirks>, vp8: bool) -> Retune {
-    let encoders: Vec<&'static encode::EncoderQuirks> =
-        h264.into_iter().chain(vp8.then(encode::vp8)).collect();
-    Arc::new(move |running, kbps| {
-        for quirks in &encoders {
-            let Some(element) = running.element(quirks.element) else {
-                continue;
-            };
-            if let Err(err) = quirks.bitrate_update(kbps).apply(&element) {
-                warn!(
-                    encoder = quirks.element,
-                    "cannot change the bitrate: {err:#}"
-                );
-            }
-        }
-    })
 }
 
 /// Turns the buttons' edges into presses for the device.

@@ -13,6 +13,8 @@ use tracing::{debug, warn};
 use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
+use super::names;
+
 /// Where the microphone's sound comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,8 +92,9 @@ pub fn describe_microphone(audio: &AudioSettings) -> Option<String> {
     };
     Some(format!(
         "{source} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 ! \
-         opusenc bitrate={} frame-size=20 ! appsink name=opusframes sync=false max-buffers=16 drop=true",
-        audio.bitrate_kbps.saturating_mul(1000)
+         opusenc bitrate={} frame-size=20 ! appsink name={} sync=false max-buffers=16 drop=true",
+        audio.bitrate_kbps.saturating_mul(1000),
+        names::OPUS_SINK,
     ))
 }
 
@@ -111,10 +114,11 @@ impl Playback {
     pub fn start(audio: &AudioSettings, track: Arc<TrackRemote>) -> anyhow::Result<Playback> {
         let sink = match audio.speaker {
             SpeakerKind::None => return Err(anyhow!("the board has no speaker")),
-            SpeakerKind::Fake => "fakesink sync=false name=speaker".to_owned(),
+            SpeakerKind::Fake => format!("fakesink sync=false name={}", names::SPEAKER),
             SpeakerKind::Alsa => format!(
-                "alsasink device={} name=speaker",
-                quote(&audio.speaker_device)
+                "alsasink device={} name={}",
+                quote(&audio.speaker_device),
+                names::SPEAKER
             ),
         };
         let caps = format!(
@@ -122,21 +126,22 @@ impl Playback {
             track.payload_type()
         );
         let pipeline = gst::parse::launch(&format!(
-            "appsrc name=rtp is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
+            "appsrc name={rtp} is-live=true format=time do-timestamp=true caps=\"{caps}\" ! \
              rtpjitterbuffer latency=60 ! rtpopusdepay ! opusdec plc=true ! audioconvert ! \
-             audioresample ! {sink}"
+             audioresample ! {sink}",
+            rtp = names::CALLER_RTP,
         ))
         .context("cannot build the speaker pipeline")?
         .downcast::<gst::Pipeline>()
         .map_err(|_| anyhow!("not a pipeline"))?;
         let src = pipeline
-            .by_name("rtp")
+            .by_name(names::CALLER_RTP)
             .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
             .ok_or_else(|| anyhow!("no appsrc"))?;
         let played = Arc::new(AtomicU64::new(0));
         let counter = played.clone();
         pipeline
-            .by_name("speaker")
+            .by_name(names::SPEAKER)
             .and_then(|sink| sink.static_pad("sink"))
             .ok_or_else(|| anyhow!("no speaker sink pad"))?
             .add_probe(gst::PadProbeType::BUFFER, move |_, _| {

@@ -148,9 +148,14 @@ fn measure(
         .downcast::<gst::Pipeline>()
         .map_err(|_| anyhow!("the description does not make a pipeline"))?;
     let sink = pipeline
-        .by_name("frames")
+        .by_name(super::names::H264_SINK)
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or_else(|| anyhow!("the pipeline has no appsink named frames"))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "the pipeline has no appsink named {}",
+                super::names::H264_SINK
+            )
+        })?;
     let collected = Arc::new(Mutex::new(Collected::default()));
     let into = collected.clone();
     sink.set_callbacks(

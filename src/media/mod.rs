@@ -1,21 +1,29 @@
 //! Media: one camera pipeline, encoded once, fanned out to every call.
 //!
 //! [`pipeline`] builds the GStreamer pipeline from the board's settings (source, caps,
-//! encoder from the quirks table in [`encode`]) and hands out H.264 access units;
-//! [`fanout`] runs that pipeline only while someone watches, shares each frame with every
-//! viewer, skips a lagging viewer to the next keyframe and coalesces keyframe requests.
+//! encoder from the quirks table in [`encode`]), and [`running`] runs it as an
+//! [`source::EncodedSource`] that hands out H.264 access units; [`fanout`] runs a source
+//! only while someone watches, shares each frame with every viewer, skips a lagging viewer
+//! to the next keyframe ([`keyframe`] coalesces the requests) and sets the bitrate from
+//! the viewers' estimates ([`bitrate`]). [`replay`] is a source that replays access units
+//! on tokio time, for tests on virtual time.
 
 pub mod audio;
+pub mod bitrate;
 pub mod check;
 pub mod choose;
 pub mod encode;
 pub mod fanout;
 pub mod input_format;
+pub mod keyframe;
+pub mod names;
 pub mod pipeline;
 pub mod probe;
 pub mod registry;
+pub mod replay;
 pub mod running;
 pub mod settings;
+pub mod source;
 pub mod stamp;
 
 use std::sync::{Arc, OnceLock};
@@ -78,9 +86,9 @@ impl Codec {
     /// The name of the appsink that delivers this codec.
     pub fn sink_name(self) -> &'static str {
         match self {
-            Codec::H264 => "frames",
-            Codec::Vp8 => "vp8frames",
-            Codec::Opus => "opusframes",
+            Codec::H264 => names::H264_SINK,
+            Codec::Vp8 => names::VP8_SINK,
+            Codec::Opus => names::OPUS_SINK,
         }
     }
 

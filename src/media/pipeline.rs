@@ -1,19 +1,20 @@
 //! The camera pipeline's description: source → convert → encoder → h264parse → appsink,
 //! built from the board's settings (and the on-demand VP8 branch). It runs as a
-//! [`super::running::RunningPipeline`].
+//! [`super::running::GstSource`].
 
 use anyhow::{anyhow, bail};
 use gstreamer as gst;
 
-use super::encode;
 use super::settings::{InputFormat, SourceKind, VideoSettings};
+use super::{encode, names};
 
 /// How the camera pipeline will be built on this machine, with the reasons for each
 /// choice; [`describe`] is its `description`.
 #[derive(Debug, Clone)]
 pub struct PipelinePlan {
-    /// The `gst-launch` description: appsink `frames` (H.264 access units) and, when
-    /// `vp8` is true, appsink `vp8frames` behind the valve `vp8valve` (closed).
+    /// The `gst-launch` description: appsink [`names::H264_SINK`] (H.264 access units)
+    /// and, when `vp8` is true, appsink [`names::VP8_SINK`] behind the closed valve
+    /// [`names::VP8_VALVE`].
     pub description: String,
     /// The input format in use (never `auto`).
     pub input: InputFormat,
@@ -66,10 +67,10 @@ fn quoted(value: &str) -> String {
 }
 
 /// The description for a resolved input format and encoder, without looking at the
-/// machine. Raw pictures go into a tee named `raw`, so more encoder branches can hang off
-/// it: the H.264 one into appsink `frames`, and with `vp8_fallback` a VP8 one behind the
-/// closed valve `vp8valve` into appsink `vp8frames`. H.264 from the camera goes straight
-/// to `frames`.
+/// machine. Raw pictures go into the tee [`names::RAW_TEE`], so more encoder branches can
+/// hang off it: the H.264 one into appsink [`names::H264_SINK`], and with `vp8_fallback` a
+/// VP8 one behind the closed valve [`names::VP8_VALVE`] into appsink [`names::VP8_SINK`].
+/// H.264 from the camera goes straight to [`names::H264_SINK`].
 pub fn compose(
     video: &VideoSettings,
     input: InputFormat,
@@ -80,8 +81,11 @@ pub fn compose(
         video.width, video.height, video.fps
     );
     let raw_caps = format!("video/x-raw,{size}");
-    let h264_out = "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! \
-                    appsink name=frames sync=false max-buffers=8 drop=true";
+    let h264_out = format!(
+        "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! \
+         appsink name={} sync=false max-buffers=8 drop=true",
+        names::H264_SINK
+    );
     let source = match video.source {
         SourceKind::Test if video.stamp => format!(
             // The stamp is drawn into I420 by a probe on `stamp` (src/media/stamp.rs).
@@ -124,8 +128,9 @@ pub fn compose(
         .unwrap_or_default();
     let queue = "queue max-size-buffers=2 leaky=downstream";
     let mut description = format!(
-        "{source} ! tee name=raw  raw. ! {queue} ! videoconvert ! video/x-raw,format={input} ! \
+        "{source} ! tee name={tee}  {tee}. ! {queue} ! videoconvert ! video/x-raw,format={input} ! \
          {encoder}{out_caps} ! {h264_out}",
+        tee = names::RAW_TEE,
         input = quirks.input_format,
         encoder = quirks.launch(video.bitrate_kbps, video.keyframe_interval),
     );
@@ -134,9 +139,12 @@ pub fn compose(
         // never prerolls would hold the whole pipeline out of PLAYING.
         let vp8 = encode::vp8();
         description.push_str(&format!(
-            "  raw. ! {queue} ! valve name=vp8valve drop=true ! videoconvert ! \
+            "  {tee}. ! {queue} ! valve name={valve} drop=true ! videoconvert ! \
              video/x-raw,format={input} ! {encoder} ! \
-             appsink name=vp8frames sync=false async=false max-buffers=8 drop=true",
+             appsink name={sink} sync=false async=false max-buffers=8 drop=true",
+            tee = names::RAW_TEE,
+            valve = names::VP8_VALVE,
+            sink = names::VP8_SINK,
             input = vp8.input_format,
             encoder = vp8.launch(video.bitrate_kbps, video.keyframe_interval),
         ));

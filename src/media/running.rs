@@ -1,51 +1,102 @@
-//! A running GStreamer pipeline with one appsink per encoded stream it offers
-//! (`frames` for H.264, `vp8frames` for VP8, `opusframes` for Opus).
+//! The GStreamer implementation of [`EncodedSource`]: a pipeline description run with
+//! one appsink per encoded stream it offers ([`names::H264_SINK`], [`names::VP8_SINK`],
+//! [`names::OPUS_SINK`]), and the encoders' quirks for changing their bitrate.
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use tracing::warn;
 
-use super::{Codec, Frame};
+use super::encode::{self, EncoderQuirks};
+use super::pipeline::PipelinePlan;
+use super::source::{EncodedSource, KeyframeTrigger, RunningSource, Sink, SourceError};
+use super::{Codec, names};
+
+/// A GStreamer pipeline description, started afresh for each run.
+#[derive(Debug, Clone)]
+pub struct GstSource {
+    description: String,
+    encoders: Vec<&'static EncoderQuirks>,
+}
+
+impl GstSource {
+    /// Runs `description` as it is: its bitrate is never changed.
+    pub fn new(description: impl Into<String>) -> Self {
+        GstSource {
+            description: description.into(),
+            encoders: Vec::new(),
+        }
+    }
+
+    /// Runs the camera pipeline `plan` describes, retuning its H.264 encoder (none when
+    /// the camera's own H.264 is passed through) and its VP8 branch's the way their quirks
+    /// say.
+    pub fn from_plan(plan: &PipelinePlan) -> Self {
+        GstSource {
+            description: plan.description.clone(),
+            encoders: plan
+                .encoder
+                .into_iter()
+                .chain(plan.vp8.then(encode::vp8))
+                .collect(),
+        }
+    }
+
+    /// The description each run is built from.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Starts a run into `sink`: [`EncodedSource::start`] without the box.
+    pub fn run(&self, sink: Sink) -> Result<RunningPipeline, SourceError> {
+        let mut running = RunningPipeline::start(&self.description, sink)?;
+        running.encoders = self.encoders.clone();
+        Ok(running)
+    }
+}
+
+impl EncodedSource for GstSource {
+    fn start(&self, sink: Sink) -> Result<Box<dyn RunningSource>, SourceError> {
+        Ok(Box::new(self.run(sink)?))
+    }
+}
 
 /// A pipeline in the PLAYING state. Dropping it stops it.
 pub struct RunningPipeline {
     pipeline: gst::Pipeline,
     sinks: Vec<(Codec, gst_app::AppSink)>,
+    encoders: Vec<&'static EncoderQuirks>,
 }
 
 impl RunningPipeline {
-    /// Builds `description` and starts it. `on_frame` runs on GStreamer's streaming
-    /// threads for every encoded frame of every stream the description has; `on_error`
-    /// runs once the pipeline fails or ends, on whichever thread noticed, and must not
-    /// block.
-    pub fn start(
-        description: &str,
-        epoch: u64,
-        on_frame: impl Fn(Codec, Frame) + Clone + Send + Sync + 'static,
-        on_error: impl Fn(String) + Send + Sync + 'static,
-    ) -> anyhow::Result<Self> {
+    /// Builds `description` and starts it. Every encoded frame of every stream the
+    /// description has goes to `sink` on GStreamer's streaming threads; an error or the
+    /// end of the stream is reported once through `sink` on whichever thread noticed.
+    pub fn start(description: &str, sink: Sink) -> Result<Self, SourceError> {
         let pipeline = gst::parse::launch(description)
-            .with_context(|| format!("cannot build the pipeline {description:?}"))?
+            .map_err(|source| SourceError::Build {
+                description: description.to_owned(),
+                source,
+            })?
             .downcast::<gst::Pipeline>()
-            .map_err(|_| anyhow!("the description does not make a pipeline"))?;
+            .map_err(|_| SourceError::NotAPipeline)?;
         super::stamp::attach(&pipeline);
         let mut sinks = Vec::new();
         for codec in Codec::ALL {
-            let Some(sink) = pipeline
+            let Some(appsink) = pipeline
                 .by_name(codec.sink_name())
                 .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             else {
                 continue;
             };
-            let on_frame = on_frame.clone();
-            sink.set_callbacks(
+            let sink = sink.clone();
+            appsink.set_callbacks(
                 gst_app::AppSinkCallbacks::builder()
-                    .new_sample(move |sink| {
-                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    .new_sample(move |appsink| {
+                        let sample = appsink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                         let buffer = sample.buffer_owned().ok_or(gst::FlowError::Error)?;
                         let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                         let pts = Duration::from_nanos(buffer.pts().map_or(0, |t| t.nseconds()));
@@ -53,23 +104,18 @@ impl RunningPipeline {
                         let mapped = buffer
                             .into_mapped_buffer_readable()
                             .map_err(|_| gst::FlowError::Error)?;
-                        on_frame(
-                            codec,
-                            Frame::new(Bytes::from_owner(mapped), pts, keyframe, epoch),
-                        );
+                        sink.frame(codec, Bytes::from_owner(mapped), pts, keyframe);
                         Ok(gst::FlowSuccess::Ok)
                     })
                     .build(),
             );
-            sinks.push((codec, sink));
+            sinks.push((codec, appsink));
         }
         if sinks.is_empty() {
-            bail!("the pipeline has no appsink named frames, vp8frames or opusframes");
+            return Err(SourceError::NoSink);
         }
 
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| anyhow!("pipeline without a bus"))?;
+        let bus = pipeline.bus().ok_or(SourceError::NoBus)?;
         bus.set_sync_handler(move |_, msg| {
             match msg.view() {
                 gst::MessageView::Error(err) => {
@@ -77,9 +123,9 @@ impl RunningPipeline {
                         .src()
                         .map(|s| s.path_string().to_string())
                         .unwrap_or_default();
-                    on_error(format!("{source}: {}", err.error()));
+                    sink.fail(format!("{source}: {}", err.error()));
                 }
-                gst::MessageView::Eos(_) => on_error("the stream ended".into()),
+                gst::MessageView::Eos(_) => sink.fail("the stream ended"),
                 _ => {}
             }
             gst::BusSyncReply::Drop
@@ -88,30 +134,13 @@ impl RunningPipeline {
         if let Err(err) = pipeline.set_state(gst::State::Playing) {
             let _ = pipeline.set_state(gst::State::Null);
             bus.unset_sync_handler();
-            bail!("the pipeline did not start: {err}");
+            return Err(SourceError::Start(err));
         }
-        Ok(RunningPipeline { pipeline, sinks })
-    }
-
-    /// Whether this pipeline produces `codec`.
-    pub fn has(&self, codec: Codec) -> bool {
-        self.sinks.iter().any(|(c, _)| *c == codec)
-    }
-
-    /// A handle that can force keyframes of `codec` from another thread.
-    pub fn keyframe_handle(&self, codec: Codec) -> Option<KeyframeHandle> {
-        self.sinks
-            .iter()
-            .find(|(c, _)| *c == codec)
-            .map(|(_, sink)| KeyframeHandle(sink.clone()))
-    }
-
-    /// Opens or closes the valve in front of an on-demand encoder branch (the VP8 one),
-    /// so it costs nothing while nobody watches it.
-    pub fn set_valve(&self, name: &str, open: bool) {
-        if let Some(valve) = self.pipeline.by_name(name) {
-            valve.set_property("drop", !open);
-        }
+        Ok(RunningPipeline {
+            pipeline,
+            sinks,
+            encoders: Vec::new(),
+        })
     }
 
     /// The first element made by the factory `factory`, e.g. the encoder to retune.
@@ -124,17 +153,42 @@ impl RunningPipeline {
     }
 }
 
-/// Forces keyframes on a running pipeline without holding the pipeline itself.
-#[derive(Clone)]
-pub struct KeyframeHandle(gst_app::AppSink);
+impl RunningSource for RunningPipeline {
+    fn has(&self, codec: Codec) -> bool {
+        self.sinks.iter().any(|(c, _)| *c == codec)
+    }
 
-impl KeyframeHandle {
-    /// Asks the encoder for a keyframe with SPS/PPS in front of it.
-    pub fn force(&self) {
-        let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
-        self.0.send_event(event);
+    fn keyframe_trigger(&self, codec: Codec) -> Option<KeyframeTrigger> {
+        let (_, appsink) = self.sinks.iter().find(|(c, _)| *c == codec)?;
+        let appsink = appsink.clone();
+        Some(KeyframeTrigger::new(move || {
+            // Upstream from the appsink, so it reaches this stream's encoder alone; with
+            // the SPS/PPS in front, for a decoder that starts there.
+            let event = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build();
+            appsink.send_event(event);
+        }))
+    }
+
+    fn set_vp8(&self, open: bool) {
+        if let Some(valve) = self.pipeline.by_name(names::VP8_VALVE) {
+            valve.set_property("drop", !open);
+        }
+    }
+
+    fn set_bitrate(&self, kbps: u32) {
+        for quirks in &self.encoders {
+            let Some(element) = self.element(quirks.element) else {
+                continue;
+            };
+            if let Err(err) = quirks.bitrate_update(kbps).apply(&element) {
+                warn!(
+                    encoder = quirks.element,
+                    "cannot change the bitrate: {err:#}"
+                );
+            }
+        }
     }
 }
 
@@ -144,5 +198,68 @@ impl Drop for RunningPipeline {
         if let Some(bus) = self.pipeline.bus() {
             bus.unset_sync_handler();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::media::pipeline;
+
+    #[test]
+    fn the_plans_encoders_and_vp8_valve_follow_the_feed() {
+        crate::media::init().unwrap();
+        let settings = Settings::load("dev", None, toml::Table::new()).unwrap();
+        let plan = pipeline::plan(&settings.video).unwrap();
+        assert!(plan.vp8, "the dev board has the VP8 branch");
+        let source = GstSource::from_plan(&plan);
+        let running = source.run(Sink::new(1, |_, _| {}, |_, _| {})).unwrap();
+        assert!(running.has(Codec::H264) && running.has(Codec::Vp8));
+        assert!(!running.has(Codec::Opus) && running.keyframe_trigger(Codec::Opus).is_none());
+
+        running.set_bitrate(1234);
+        let mut retuned = Vec::new();
+        for quirks in &source.encoders {
+            let element = running.element(quirks.element).unwrap();
+            let (property, expect) = match quirks.element {
+                "x264enc" => ("bitrate", 1234),
+                "openh264enc" => ("bitrate", 1_234_000),
+                "vp8enc" => ("target-bitrate", 1_234_000),
+                other => panic!("no expectation for {other}"),
+            };
+            let got: i64 = match element.property_value(property).get::<u32>() {
+                Ok(v) => v.into(),
+                Err(_) => element.property::<i32>(property).into(),
+            };
+            assert_eq!(got, expect, "{}", quirks.element);
+            retuned.push(quirks.element);
+        }
+        assert_eq!(retuned, [plan.encoder_name(), "vp8enc"]);
+
+        let valve = running.pipeline.by_name(names::VP8_VALVE).unwrap();
+        assert!(
+            valve.property::<bool>("drop"),
+            "closed until a VP8 viewer comes"
+        );
+        running.set_vp8(true);
+        assert!(!valve.property::<bool>("drop"));
+        running.set_vp8(false);
+        assert!(valve.property::<bool>("drop"));
+    }
+
+    #[test]
+    fn a_description_without_a_known_appsink_is_refused() {
+        crate::media::init().unwrap();
+        let err = GstSource::new("videotestsrc ! fakesink")
+            .run(Sink::new(1, |_, _| {}, |_, _| {}))
+            .err()
+            .unwrap();
+        assert!(matches!(err, SourceError::NoSink), "{err}");
+        let err = GstSource::new("videotestsrc ! nosuchelement")
+            .run(Sink::new(1, |_, _| {}, |_, _| {}))
+            .err()
+            .unwrap();
+        assert!(matches!(err, SourceError::Build { .. }), "{err}");
     }
 }
