@@ -10,4 +10,5 @@ pub mod phonebook;
 pub mod protocol;
 pub mod sanitize;
 pub mod server;
+mod socket;
 pub mod whep;

@@ -6,7 +6,7 @@
 //! messages pile up unread at a receiver is refused, so no connection is ever
 //! disconnected for what others send it. A connection is dropped for what it does
 //! itself: flooding, not reading the answers to its own requests, or not reading at all
-//! for [`STALLED_AFTER`].
+//! for [`super::limits::STALLED_AFTER`]. The sockets themselves are handled in `socket.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,22 +15,20 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
-use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::access::{AccessSettings, Identity, Refused};
-use super::http::{AddressCounts, AddressSlot};
+use super::http::AddressCounts;
+use super::limits::RELAY_WINDOW;
 pub use super::limits::{CALLEE_RATE_FACTOR, Limits, RateLimit};
-use super::limits::{RELAY_WINDOW, STALLED_AFTER};
 pub(crate) use super::mailbox::Outgoing;
 use super::mailbox::{Charge, Ledger, Refusal};
 use super::phonebook::{ConnId, Output, Phonebook};
@@ -45,15 +43,6 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Room in each connection's queue. The ledger's windows keep what waits far below it;
 /// a full queue would mean a bug in that accounting, and drops the connection.
 const OUTGOING_QUEUE: usize = 8 * 1024;
-
-/// A connection silent for this long (not even a pong) is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
-
-/// How often the server pings each connection.
-const PING_INTERVAL: Duration = Duration::from_secs(15);
-
-/// How long a dropped connection's close frame may take to go out.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One connection's queue, its account, and the signal that drops it.
 struct Mailbox {
@@ -73,12 +62,12 @@ pub struct PhonebookServer {
     hub: Arc<Mutex<Hub>>,
     next_conn: Arc<AtomicU64>,
     /// Cancelled on shutdown: every open WebSocket closes with "going away".
-    closing: CancellationToken,
-    connections: TaskTracker,
+    pub(super) closing: CancellationToken,
+    pub(super) connections: TaskTracker,
     whep: Arc<Whep>,
     access: Arc<AccessSettings>,
-    limits: Limits,
-    per_address: AddressCounts,
+    pub(super) limits: Limits,
+    pub(super) per_address: AddressCounts,
 }
 
 impl PhonebookServer {
@@ -131,7 +120,7 @@ impl PhonebookServer {
     /// The axum router: `/`, the page's assets, `/ws`, `/api/callees` and `/whep/…`.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/ws", get(upgrade))
+            .route("/ws", get(super::socket::upgrade))
             .route(
                 "/whep/{callee}",
                 post(whep::offer).options(whep::options),
@@ -235,7 +224,7 @@ impl PhonebookServer {
         (conn, outgoing)
     }
 
-    fn open_socket(
+    pub(super) fn open_socket(
         &self,
     ) -> (
         ConnId,
@@ -261,7 +250,7 @@ impl PhonebookServer {
     }
 
     /// A text frame from `conn`, within its allowance or not.
-    fn text(&self, conn: ConnId, text: &str, allowance: &mut Allowance) -> Flow {
+    pub(super) fn text(&self, conn: ConnId, text: &str, allowance: &mut Allowance) -> Flow {
         let parsed = Phonebook::parse_text(text);
         let mut hub = self.lock();
         let now = Instant::now();
@@ -284,7 +273,7 @@ impl PhonebookServer {
     }
 
     /// A binary frame from `conn`: not part of the protocol, and counted like any frame.
-    fn binary(&self, conn: ConnId, allowance: &mut Allowance) -> Flow {
+    pub(super) fn binary(&self, conn: ConnId, allowance: &mut Allowance) -> Flow {
         let mut hub = self.lock();
         if !allowance.rate.allow(Instant::now()) {
             return allowance.over(&mut hub, conn, &self.limits);
@@ -300,7 +289,7 @@ impl PhonebookServer {
 
     /// Sends `conn` the whole callee list again, if it listens: it missed changes while
     /// it was not reading.
-    fn resync(&self, conn: ConnId) {
+    pub(super) fn resync(&self, conn: ConnId) {
         let mut hub = self.lock();
         if hub.book.is_listening(conn) {
             let callees = hub.book.callees();
@@ -309,6 +298,11 @@ impl PhonebookServer {
                 vec![Output::Send(conn, ServerMessage::Callees { callees })],
             );
         }
+    }
+
+    /// The queue of `conn`, while it is open.
+    pub(super) fn queue_of(&self, conn: ConnId) -> Option<mpsc::Sender<Outgoing>> {
+        self.lock().mailboxes.get(&conn).map(|m| m.queue.clone())
     }
 
     /// Closes `conn`: its names are released and its calls hung up.
@@ -335,14 +329,15 @@ impl PhonebookServer {
 
 /// What a connection's reader does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
+pub(super) enum Flow {
+    /// Read on.
     Continue,
     /// The client keeps flooding: drop it.
     CutOff,
 }
 
 /// How many messages a connection may still send.
-struct Allowance {
+pub(super) struct Allowance {
     rate: RateLimit,
     /// For the messages of calls this connection answers: a camera relays every caller's
     /// answer and candidates.
@@ -351,7 +346,8 @@ struct Allowance {
 }
 
 impl Allowance {
-    fn new(limits: &Limits) -> Self {
+    /// The full allowance of a new connection.
+    pub(super) fn new(limits: &Limits) -> Self {
         let now = Instant::now();
         Allowance {
             rate: RateLimit::new(limits.messages_per_second, limits.message_burst, now),
@@ -476,172 +472,6 @@ impl Hub {
         }
         let out = self.book.disconnect(conn);
         self.deliver(conn, out);
-    }
-}
-
-/// Each connection's read buffer, allocated up front. tungstenite's 128 KiB default suits
-/// bulk transfers; signalling messages are a few hundred bytes (an SDP a few KiB, read in
-/// several chunks if need be), and a phonebook holds a connection per open page.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
-
-async fn upgrade(
-    State(server): State<PhonebookServer>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let Some(slot) = server
-        .per_address
-        .take(peer.ip(), server.limits.connections_per_address)
-    else {
-        warn!(address = %peer.ip(), "too many connections from one address; refused");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many connections from this address (the limit is {})\n",
-                server.limits.connections_per_address
-            ),
-        )
-            .into_response();
-    };
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| {
-            let tracker = server.connections.clone();
-            tracker.track_future(connection(server, socket, peer, slot))
-        })
-}
-
-async fn connection(
-    server: PhonebookServer,
-    socket: WebSocket,
-    peer: SocketAddr,
-    slot: AddressSlot,
-) {
-    let _slot = slot;
-    let (conn, outgoing, ledger, kick) = server.open_socket();
-    debug!(conn, %peer, "client connected");
-    let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(write(server.clone(), conn, sink, outgoing, ledger, kick));
-
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    let mut last_heard = tokio::time::Instant::now();
-    let mut allowance = Allowance::new(&server.limits);
-    let closing = server.closing.clone();
-    loop {
-        tokio::select! {
-            _ = closing.cancelled() => {
-                let queue = server.lock().mailboxes.get(&conn).map(|m| m.queue.clone());
-                if let Some(queue) = queue {
-                    let _ = queue.try_send(Outgoing::GoingAway);
-                }
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await;
-                break;
-            }
-            // The writer ends when the connection was dropped, stalled or failed: close
-            // the socket now, not at the next ping, so the client learns of it at once.
-            _ = &mut writer => break,
-            frame = stream.next() => {
-                last_heard = tokio::time::Instant::now();
-                let flow = match frame {
-                    Some(Ok(Message::Text(text))) => server.text(conn, text.as_str(), &mut allowance),
-                    Some(Ok(Message::Binary(_))) => server.binary(conn, &mut allowance),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(err)) => {
-                        debug!(conn, %err, "connection failed");
-                        break;
-                    }
-                };
-                if flow == Flow::CutOff {
-                    warn!(conn, %peer, "client keeps flooding; disconnecting it");
-                    break;
-                }
-            }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > IDLE_TIMEOUT {
-                    info!(conn, %peer, "client silent for too long; disconnecting it");
-                    break;
-                }
-                let queue = server.lock().mailboxes.get(&conn).map(|m| m.queue.clone());
-                match queue {
-                    // Pings go through the writer so frames never interleave.
-                    Some(queue) => { let _ = queue.try_send(Outgoing::Ping); }
-                    None => break,
-                }
-            }
-        }
-    }
-    server.close(conn);
-    writer.abort();
-    debug!(conn, "client disconnected");
-}
-
-/// Writes what is queued for `conn` until the queue ends, the connection is dropped
-/// (`kick`), or a frame cannot be written for [`STALLED_AFTER`].
-async fn write(
-    server: PhonebookServer,
-    conn: ConnId,
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut outgoing: mpsc::Receiver<Outgoing>,
-    ledger: Arc<Ledger>,
-    kick: CancellationToken,
-) {
-    loop {
-        let item = tokio::select! {
-            biased;
-            _ = kick.cancelled() => {
-                let frame = CloseFrame {
-                    code: close_code::POLICY,
-                    reason: "the phonebook closed this connection".into(),
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
-                return;
-            }
-            item = outgoing.recv() => item,
-        };
-        let (frame, list) = match item {
-            None => return,
-            Some(Outgoing::Text(letter)) => {
-                let list = letter.charge() == Charge::List;
-                // The letter counts until it is written; dropping it gives its place back.
-                (Message::Text(letter.as_str().into()), list)
-            }
-            Some(Outgoing::Ping) => (Message::Ping(Default::default()), false),
-            Some(Outgoing::Close) => {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
-                return;
-            }
-            Some(Outgoing::GoingAway) => {
-                let frame = CloseFrame {
-                    code: close_code::AWAY,
-                    reason: "phonebook shutting down".into(),
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame))))
-                    .await;
-                return;
-            }
-        };
-        let sent = tokio::select! {
-            biased;
-            _ = kick.cancelled() => continue,
-            sent = tokio::time::timeout(STALLED_AFTER, sink.send(frame)) => sent,
-        };
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                warn!(
-                    conn,
-                    "client has not read for {STALLED_AFTER:?}; disconnecting it"
-                );
-                server.close(conn);
-                return;
-            }
-        }
-        if list && ledger.take_list_resync() {
-            server.resync(conn);
-        }
     }
 }
 
