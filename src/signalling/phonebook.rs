@@ -3,7 +3,7 @@
 //! [`Phonebook`] takes what a connection said and returns what must be sent to whom
 //! ([`Output`]). The WebSocket layer in [`super::server`] only moves text in and out, so
 //! every rule here (registration, presence, call routing, errors) is tested by feeding
-//! messages and looking at the outputs. Call routing is in [`calls`].
+//! messages and looking at the outputs. Call routing is in `phonebook/calls.rs`.
 
 mod calls;
 

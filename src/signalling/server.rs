@@ -2,7 +2,7 @@
 //! binary, and `GET /api/callees` for scripts.
 //!
 //! The rules live in [`Phonebook`]; this module only moves frames. What is queued for a
-//! connection is charged to whoever caused it ([`super::mailbox`]): a sender whose
+//! connection is charged to whoever caused it (see `mailbox.rs`): a sender whose
 //! messages pile up unread at a receiver is refused, so no connection is ever
 //! disconnected for what others send it. A connection is dropped for what it does
 //! itself: flooding, not reading the answers to its own requests, or not reading at all
