@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -32,6 +32,9 @@ use super::limits::{Limits, address_key};
 /// take to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often a refused connection may be logged at warning level.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Serves `router` on `listener` until `closing` is cancelled.
 pub(super) async fn serve<L>(
     mut listener: L,
@@ -44,6 +47,9 @@ pub(super) async fn serve<L>(
     let per_address = AddressCounts::default();
     let everyone = AddressCounts::default();
     let tasks = TaskTracker::new();
+    // Refusals are logged once a minute at most: a flood of connections must not
+    // become a flood of log lines.
+    let mut last_warned: Option<Instant> = None;
     loop {
         let (io, peer) = tokio::select! {
             _ = closing.cancelled() => break,
@@ -52,7 +58,10 @@ pub(super) async fn serve<L>(
         // Over a cap the connection is closed at once: reading a request to refuse it
         // politely would cost what the cap is there to save.
         let Some(total) = everyone.take(IpAddr::from([0, 0, 0, 0]), limits.tcp_connections) else {
-            warn!(%peer, limit = limits.tcp_connections, "too many connections in all; closed one");
+            if last_warned.is_none_or(|at| at.elapsed() > WARN_EVERY) {
+                warn!(%peer, limit = limits.tcp_connections, "too many connections in all; closing new ones");
+                last_warned = Some(Instant::now());
+            }
             continue;
         };
         let Some(slot) = per_address.take(peer.ip(), limits.tcp_connections_per_address) else {
