@@ -200,6 +200,24 @@ mod tests {
     }
 
     #[test]
+    fn a_receiver_takes_so_much_from_all_senders_together() {
+        let ledger = Arc::new(Ledger::default());
+        let senders = RECEIVER_WINDOW.messages / (RELAY_WINDOW.messages - 1);
+        let held: Vec<_> = (0..senders as u64)
+            .flat_map(|sender| (0..RELAY_WINDOW.messages - 1).map(move |_| sender))
+            .map(|sender| ledger.letter("x".into(), Charge::Relay(sender)).unwrap())
+            .collect();
+        // Every sender is within its own window, but a new one finds no room.
+        assert!(ledger.has_room(0, 1));
+        let more: Vec<_> = (0..RECEIVER_WINDOW.messages - held.len())
+            .map(|_| ledger.letter("x".into(), Charge::Relay(1_000)).unwrap())
+            .collect();
+        assert!(!ledger.has_room(2_000, 1));
+        drop(more);
+        assert!(ledger.has_room(2_000, 1));
+    }
+
+    #[test]
     fn dropped_list_messages_are_made_up_with_the_whole_list() {
         let ledger = Arc::new(Ledger::default());
         let mut held = Vec::new();
