@@ -62,7 +62,7 @@ pub struct Settings {
     pub access: crate::signalling::access::AccessSettings,
     /// What one client may ask of that phonebook.
     #[serde(default)]
-    pub limits: crate::signalling::server::Limits,
+    pub limits: crate::signalling::limits::Limits,
     /// HTTPS for that phonebook.
     #[serde(default)]
     pub tls: crate::tls::TlsSettings,

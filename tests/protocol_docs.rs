@@ -53,6 +53,8 @@ const ERROR_CODES: &[&str] = &[
     "forbidden",
     "rate_limited",
     "too_many_calls",
+    "too_many_names",
+    "too_many_candidates",
 ];
 
 // These matches have no wildcard arm on purpose: adding a variant to the protocol stops the
@@ -91,6 +93,8 @@ fn error_code_tag(code: ErrorCode) -> &'static str {
         ErrorCode::Forbidden => "forbidden",
         ErrorCode::RateLimited => "rate_limited",
         ErrorCode::TooManyCalls => "too_many_calls",
+        ErrorCode::TooManyNames => "too_many_names",
+        ErrorCode::TooManyCandidates => "too_many_candidates",
     }
 }
 

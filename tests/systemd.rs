@@ -152,6 +152,30 @@ fn unit_files_verify_and_their_exposure_is_low() {
     }
 }
 
+#[test]
+fn units_leave_file_descriptors_for_every_connection_the_phonebook_accepts() {
+    let needed = 2 * peercam::signalling::limits::Limits::default().tcp_connections;
+    for name in ["peercam.service", "peercam-phonebook.service"] {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("systemd")
+                .join(name),
+        )
+        .unwrap();
+        let limit: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .unwrap_or_else(|| panic!("{name} sets no LimitNOFILE"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|err| panic!("{name}: LimitNOFILE is not a number: {err}"));
+        assert!(
+            limit >= needed,
+            "{name}: LimitNOFILE={limit}, below twice the phonebook's connection cap"
+        );
+    }
+}
+
 fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

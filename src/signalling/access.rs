@@ -11,7 +11,10 @@
 //!   online under their own name; the callee is told the user name (`meta.user`), which the
 //!   caller cannot forge;
 //! * in `callers = "open"` mode (the default) anyone may do all of that, and the buttons
-//!   at the device are the gate.
+//!   at the device are the gate; a token that is none of the configured ones is still
+//!   refused, as in every mode.
+//!
+//! Callee names are compared without regard to case, here as in the phonebook.
 //!
 //! Rules (`[[access.rules]]`) are read top to bottom; the first whose `callee` pattern
 //! matches decides, by its `allow` list of user names (`"*"`: every user). With no rules
@@ -45,10 +48,14 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule is about `callee`; names differ in more than case, so patterns
+    /// match without regard to it (`Front-Door` is `front-door`'s rule too).
     fn matches(&self, callee: &str) -> bool {
         match self.callee.strip_suffix('*') {
-            Some(prefix) => callee.starts_with(prefix),
-            None => self.callee == callee,
+            Some(prefix) => callee
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix)),
+            None => self.callee.eq_ignore_ascii_case(callee),
         }
     }
 }
@@ -146,22 +153,20 @@ impl AccessSettings {
         if !devices.is_empty() {
             return Ok(Identity::Device(devices));
         }
-        if self.callers == CallerMode::Users
-            && let Some((name, _)) = self.users.iter().find(|(_, t)| constant_time_eq(t, token))
-        {
-            return Ok(Identity::User(name.clone()));
-        }
-        if self.callers == CallerMode::Passphrase
-            && self
-                .passphrase
-                .as_deref()
-                .is_some_and(|p| constant_time_eq(p, token))
-        {
-            return Ok(Identity::Member);
-        }
-        if self.callers == CallerMode::Open {
-            // A token nobody configured is harmless where everyone may call.
-            return Ok(Identity::Anonymous);
+        let user = self.users.iter().find(|(_, t)| constant_time_eq(t, token));
+        let passphrase = self
+            .passphrase
+            .as_deref()
+            .is_some_and(|p| constant_time_eq(p, token));
+        match (self.callers, user) {
+            (CallerMode::Users, Some((name, _))) => return Ok(Identity::User(name.clone())),
+            (CallerMode::Passphrase, _) if passphrase => return Ok(Identity::Member),
+            // Where everyone may call, a configured token adds nothing; but one nobody
+            // configured is a mistake (or a guess) and is refused as everywhere else.
+            (CallerMode::Open, _) if user.is_some() || passphrase => {
+                return Ok(Identity::Anonymous);
+            }
+            _ => {}
         }
         Err(Refused::Unauthorized(
             "this token is not known to the phonebook".into(),
@@ -179,9 +184,12 @@ impl AccessSettings {
 
     /// Whether `who` may register `name`.
     pub fn may_register(&self, who: &Identity, name: &str) -> Result<(), Refused> {
-        if self.devices.contains_key(name) {
+        // Names are compared without regard to case, so `Front-Door` is the device's too.
+        if self.devices.keys().any(|d| d.eq_ignore_ascii_case(name)) {
             return match who {
-                Identity::Device(names) if names.iter().any(|n| n == name) => Ok(()),
+                Identity::Device(names) if names.iter().any(|n| n.eq_ignore_ascii_case(name)) => {
+                    Ok(())
+                }
                 _ => Err(Refused::Unauthorized(format!(
                     "the name {name:?} belongs to a device: register it with that device's token"
                 ))),
@@ -189,7 +197,7 @@ impl AccessSettings {
         }
         match (self.callers, who) {
             (CallerMode::Open, _) | (_, Identity::Member) => Ok(()),
-            (_, Identity::User(user)) if user == name => Ok(()),
+            (_, Identity::User(user)) if user.eq_ignore_ascii_case(name) => Ok(()),
             (_, Identity::User(user)) => Err(Refused::Forbidden(format!(
                 "{user} may go online as {user:?} only"
             ))),
@@ -371,12 +379,40 @@ mod tests {
     }
 
     #[test]
-    fn open_mode_lets_anyone_in() {
+    fn open_mode_lets_anyone_in_but_not_with_a_made_up_token() {
         let access = AccessSettings::default();
-        let who = access.identify(Some("whatever")).unwrap();
+        let who = access.identify(None).unwrap();
         assert_eq!(who, Identity::Anonymous);
         assert!(access.may_call(&who, "front-door").is_ok());
         assert!(access.may_listen(&who).is_ok());
+        assert!(matches!(
+            access.identify(Some("whatever")),
+            Err(Refused::Unauthorized(_))
+        ));
+        // A configured user's token is known, and grants no more than none.
+        let with_users = AccessSettings {
+            users: [("ray".to_owned(), "ray-token-1".to_owned())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            with_users.identify(Some("ray-token-1")),
+            Ok(Identity::Anonymous)
+        );
+    }
+
+    #[test]
+    fn names_and_rules_ignore_case() {
+        let access = users();
+        let door = access.identify(Some("door-token-1")).unwrap();
+        assert!(access.may_register(&door, "Front-Door").is_ok());
+        let eve = access.identify(Some("eve-token-1")).unwrap();
+        // Another spelling of a device's name is still the device's.
+        assert!(access.may_register(&eve, "FRONT-DOOR").is_err());
+        assert!(access.may_register(&eve, "Eve").is_ok());
+        // And its rule still decides who calls it.
+        assert!(access.may_call(&eve, "Front-door").is_err());
+        let ada = access.identify(Some("ada-token-1")).unwrap();
+        assert!(access.may_call(&ada, "GARAGE-2").is_err());
     }
 
     #[test]

@@ -15,7 +15,12 @@ use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Secret, Server
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// How often the device pings the phonebook. A phonebook that drops the connection
+/// closes it, which the device sees at once; these find a connection that died silently
+/// (a NAT that forgot it, a cable pulled).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Not a frame (not even a pong) for this long: the connection is dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(12);
 /// How long a closing connection waits for the phonebook to close its end.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -180,9 +185,10 @@ async fn session(
 
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            frame = socket.next() => match frame {
+            frame = socket.next() => match frame.inspect(|_| last_heard = tokio::time::Instant::now()) {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
                     Ok(msg) => { let _ = events.send(ClientEvent::Message(msg)); }
                     Err(err) => warn!(%err, "phonebook sent a message this version does not know"),
@@ -213,7 +219,12 @@ async fn session(
                     return Ok(true);
                 }
             },
-            _ = ping.tick() => socket.send(Message::Ping(Default::default())).await?,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    bail!("the phonebook has been silent for {SILENCE_LIMIT:?}");
+                }
+                socket.send(Message::Ping(Default::default())).await?
+            }
         }
     }
 }

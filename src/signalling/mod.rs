@@ -2,8 +2,13 @@
 
 pub mod access;
 pub mod client;
+mod http;
+pub mod limits;
+mod mailbox;
 pub mod peerjs;
 pub mod phonebook;
 pub mod protocol;
+pub mod sanitize;
 pub mod server;
+mod socket;
 pub mod whep;

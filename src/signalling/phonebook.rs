@@ -3,17 +3,22 @@
 //! [`Phonebook`] takes what a connection said and returns what must be sent to whom
 //! ([`Output`]). The WebSocket layer in [`super::server`] only moves text in and out, so
 //! every rule here (registration, presence, call routing, errors) is tested by feeding
-//! messages and looking at the outputs.
+//! messages and looking at the outputs. Call routing is in `phonebook/calls.rs`.
+
+mod calls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
+use tracing::debug;
 
 use super::access::{AccessSettings, Identity, Refused};
+use super::limits::Limits;
 use super::protocol::{
     Callee, ClientMessage, ErrorCode, IceServer, PROTOCOL_VERSION, Presence, ServerMessage,
-    validate_call_id, validate_name,
+    name_key, validate_name,
 };
+use super::sanitize::for_log;
 
 /// Identifies one client connection.
 pub type ConnId = u64;
@@ -27,8 +32,12 @@ pub const MAX_SDP_BYTES: usize = 32 * 1024;
 /// Longest ICE candidate line relayed, in bytes.
 pub const MAX_CANDIDATE_BYTES: usize = 1024;
 
+/// Largest `meta` of a registration, in bytes of JSON: every listener gets it with each
+/// change of the callee.
+pub const MAX_CALLEE_META_BYTES: usize = 4 * 1024;
+
 /// Unanswered calls one connection may have at once, unless set otherwise.
-pub const DEFAULT_PENDING_CALLS: usize = 4;
+pub const DEFAULT_PENDING_CALLS: usize = super::limits::DEFAULT_PENDING_CALLS;
 
 /// Where the STUN/TURN servers handed out in `welcome` come from: a fixed list, or
 /// credentials made fresh for each connection (coturn's time-limited ones).
@@ -47,6 +56,7 @@ pub enum Output {
 struct Connection {
     greeted: bool,
     listening: bool,
+    /// The keys ([`name_key`]) of the names it holds.
     names: BTreeSet<String>,
     identity: Identity,
 }
@@ -64,17 +74,11 @@ impl Default for Connection {
 
 #[derive(Debug)]
 struct Registration {
+    /// The name as it was registered (the key is its [`name_key`]).
+    name: String,
     owner: ConnId,
     meta: Value,
     dnd: bool,
-}
-
-#[derive(Debug)]
-struct Route {
-    caller: ConnId,
-    callee_conn: ConnId,
-    callee: String,
-    accepted: bool,
 }
 
 /// The phonebook: who is registered under which name, who listens, and which calls are
@@ -83,10 +87,11 @@ pub struct Phonebook {
     server_name: String,
     ice_servers: IceSource,
     access: AccessSettings,
-    pending_calls: usize,
+    limits: Limits,
     connections: HashMap<ConnId, Connection>,
+    /// By [`name_key`]: `Cam` and `cam` are one name.
     callees: BTreeMap<String, Registration>,
-    calls: HashMap<String, Route>,
+    calls: HashMap<String, calls::Route>,
 }
 
 impl std::fmt::Debug for Phonebook {
@@ -106,7 +111,7 @@ impl Phonebook {
             server_name: format!("peercam/{}", env!("CARGO_PKG_VERSION")),
             ice_servers: Box::new(move || ice_servers.clone()),
             access: AccessSettings::default(),
-            pending_calls: DEFAULT_PENDING_CALLS,
+            limits: Limits::default(),
             connections: HashMap::new(),
             callees: BTreeMap::new(),
             calls: HashMap::new(),
@@ -125,9 +130,9 @@ impl Phonebook {
         self
     }
 
-    /// The same phonebook, allowing each connection `limit` unanswered calls at once.
-    pub fn with_pending_calls(mut self, limit: usize) -> Self {
-        self.pending_calls = limit.max(1);
+    /// The same phonebook, with `limits` on unanswered calls, names and candidates.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -136,6 +141,11 @@ impl Phonebook {
         self.connections
             .get(&conn)
             .is_some_and(|c| !c.names.is_empty())
+    }
+
+    /// Whether `conn` asked for the callee list and its changes.
+    pub fn is_listening(&self, conn: ConnId) -> bool {
+        self.connections.get(&conn).is_some_and(|c| c.listening)
     }
 
     /// The STUN/TURN servers a client gets now.
@@ -153,12 +163,22 @@ impl Phonebook {
         self.connections.insert(conn, Connection::default());
     }
 
-    /// The registered callees with their presence, in name order.
+    /// The registered callees with their presence, in name order (ignoring case).
     pub fn callees(&self) -> Vec<Callee> {
         self.callees
             .keys()
-            .map(|name| self.callee_entry(name).expect("listed name is registered"))
+            .filter_map(|key| self.callee_entry(key))
             .collect()
+    }
+
+    /// Whether a callee `name` (in any spelling) is registered now.
+    pub fn has_callee(&self, name: &str) -> bool {
+        self.callees.contains_key(&name_key(name))
+    }
+
+    /// The connection holding the name `name` (in any spelling).
+    pub fn owner_of(&self, name: &str) -> Option<ConnId> {
+        self.callees.get(&name_key(name)).map(|r| r.owner)
     }
 
     /// Number of calls being routed (ringing or in progress).
@@ -166,21 +186,25 @@ impl Phonebook {
         self.calls.len()
     }
 
-    /// A text frame arrived on `conn`.
-    pub fn handle_text(&mut self, conn: ConnId, text: &str) -> Vec<Output> {
+    /// Reads one text frame: the message, or the error code and why it is not one.
+    pub fn parse_text(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
         if text.len() > MAX_MESSAGE_BYTES {
-            return self.invalid(
-                conn,
+            return Err((
                 ErrorCode::TooLarge,
                 format!(
                     "message of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
                     text.len()
                 ),
-            );
+            ));
         }
-        match ClientMessage::parse(text) {
+        ClientMessage::parse(text).map_err(|why| (ErrorCode::BadMessage, why))
+    }
+
+    /// A text frame arrived on `conn`.
+    pub fn handle_text(&mut self, conn: ConnId, text: &str) -> Vec<Output> {
+        match Self::parse_text(text) {
             Ok(msg) => self.handle(conn, msg),
-            Err(why) => self.invalid(conn, ErrorCode::BadMessage, why),
+            Err((code, why)) => self.invalid(conn, code, why),
         }
     }
 
@@ -214,53 +238,7 @@ impl Phonebook {
             return Vec::new();
         };
         if !state.greeted {
-            return match msg {
-                ClientMessage::Hello { version, token, .. } if version == PROTOCOL_VERSION => {
-                    match self.access.identify(token.as_ref().map(|t| t.expose())) {
-                        Ok(identity) => {
-                            state.greeted = true;
-                            state.identity = identity;
-                            vec![Output::Send(
-                                conn,
-                                ServerMessage::Welcome {
-                                    version: PROTOCOL_VERSION,
-                                    server: self.server_name.clone(),
-                                    ice_servers: (self.ice_servers)(),
-                                    auth: self.access.callers,
-                                },
-                            )]
-                        }
-                        Err(refused) => vec![refusal(conn, refused, None), Output::Close(conn)],
-                    }
-                }
-                ClientMessage::Hello { version, .. } => vec![
-                    Output::Send(
-                        conn,
-                        ServerMessage::error(
-                            ErrorCode::UnsupportedVersion,
-                            format!(
-                                "protocol version {version} is not supported; this server speaks version {PROTOCOL_VERSION}"
-                            ),
-                            None,
-                        ),
-                    ),
-                    Output::Close(conn),
-                ],
-                other => vec![
-                    Output::Send(
-                        conn,
-                        ServerMessage::error(
-                            ErrorCode::HelloRequired,
-                            format!(
-                                "the first message must be hello with a version, not {}",
-                                other.kind()
-                            ),
-                            None,
-                        ),
-                    ),
-                    Output::Close(conn),
-                ],
-            };
+            return self.greet(conn, msg);
         }
 
         match msg {
@@ -291,69 +269,67 @@ impl Phonebook {
                 state.listening = false;
                 Vec::new()
             }
-            ClientMessage::Call {
-                call_id,
-                callee,
-                meta,
-                sdp,
-            } => self.call(conn, call_id, callee, meta, sdp),
-            ClientMessage::Ringing { call_id } => {
-                self.relay_from_callee(conn, &call_id, |_| ServerMessage::Ringing {
-                    call_id: call_id.clone(),
-                })
+            other => self.route(conn, other),
+        }
+    }
+
+    /// The first message of `conn`, which must be a `hello` of our version.
+    fn greet(&mut self, conn: ConnId, msg: ClientMessage) -> Vec<Output> {
+        let (version, agent, token) = match msg {
+            ClientMessage::Hello {
+                version,
+                agent,
+                token,
+            } => (version, agent, token),
+            other => {
+                return vec![
+                    error(
+                        conn,
+                        ErrorCode::HelloRequired,
+                        format!(
+                            "the first message must be hello with a version, not {}",
+                            other.kind()
+                        ),
+                        None,
+                    ),
+                    Output::Close(conn),
+                ];
             }
-            ClientMessage::Accept { call_id, sdp } if sdp.len() > MAX_SDP_BYTES => {
-                vec![sdp_too_large(conn, &call_id, sdp.len())]
-            }
-            ClientMessage::Accept { call_id, sdp } => self.accept(conn, call_id, sdp),
-            ClientMessage::Decline { call_id, reason } => {
-                let mut out = self.relay_from_callee(conn, &call_id, |_| ServerMessage::Declined {
-                    call_id: call_id.clone(),
-                    reason,
-                });
-                if !is_error(&out) {
-                    out.extend(self.end_call(&call_id));
-                }
-                out
-            }
-            ClientMessage::Candidate {
-                call_id,
-                candidate: Some(candidate),
-            } if candidate.candidate.len() > MAX_CANDIDATE_BYTES
-                || candidate.sdp_mid.as_ref().is_some_and(|m| m.len() > 64)
-                || candidate
-                    .username_fragment
-                    .as_ref()
-                    .is_some_and(|u| u.len() > 256) =>
-            {
-                vec![error(
+        };
+        if version != PROTOCOL_VERSION {
+            return vec![
+                error(
                     conn,
-                    ErrorCode::TooLarge,
-                    format!("candidates are limited to {MAX_CANDIDATE_BYTES} bytes"),
-                    Some(&call_id),
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "protocol version {version} is not supported; this server speaks version {PROTOCOL_VERSION}"
+                    ),
+                    None,
+                ),
+                Output::Close(conn),
+            ];
+        }
+        let agent = agent.as_deref().unwrap_or("");
+        match self.access.identify(token.as_ref().map(|t| t.expose())) {
+            Ok(identity) => {
+                debug!(conn, agent = %for_log(agent), "hello");
+                if let Some(state) = self.connections.get_mut(&conn) {
+                    state.greeted = true;
+                    state.identity = identity;
+                }
+                vec![Output::Send(
+                    conn,
+                    ServerMessage::Welcome {
+                        version: PROTOCOL_VERSION,
+                        server: self.server_name.clone(),
+                        ice_servers: (self.ice_servers)(),
+                        auth: self.access.callers,
+                    },
                 )]
             }
-            ClientMessage::Candidate { call_id, candidate } => self.relay_to_other_end(
-                conn,
-                &call_id,
-                ServerMessage::Candidate {
-                    call_id: call_id.clone(),
-                    candidate,
-                },
-            ),
-            ClientMessage::Hangup { call_id, reason } => {
-                let mut out = self.relay_to_other_end(
-                    conn,
-                    &call_id,
-                    ServerMessage::Hangup {
-                        call_id: call_id.clone(),
-                        reason,
-                    },
-                );
-                if !is_error(&out) {
-                    out.extend(self.end_call(&call_id));
-                }
-                out
+            Err(refused) => {
+                debug!(conn, agent = %for_log(agent), "hello with a token nobody configured");
+                vec![refusal(conn, refused, None), Output::Close(conn)]
             }
         }
     }
@@ -364,38 +340,13 @@ impl Phonebook {
             return Vec::new();
         };
         // Names go first, so listeners do not see the callee turn available on its way out.
-        for name in &state.names {
-            self.callees.remove(name);
-        }
-        let mut out = Vec::new();
-        let mut ended: Vec<(String, ConnId, &'static str)> = self
-            .calls
+        let removed: Vec<String> = state
+            .names
             .iter()
-            .filter_map(|(id, route)| {
-                if route.caller == conn {
-                    Some((id.clone(), route.callee_conn, "caller disconnected"))
-                } else if route.callee_conn == conn {
-                    Some((id.clone(), route.caller, "callee disconnected"))
-                } else {
-                    None
-                }
-            })
+            .filter_map(|key| self.callees.remove(key).map(|r| r.name))
             .collect();
-        ended.sort();
-        for (call_id, other, reason) in ended {
-            // A connection that called one of its own names is both ends: nobody is left.
-            if other != conn {
-                out.push(Output::Send(
-                    other,
-                    ServerMessage::Hangup {
-                        call_id: call_id.clone(),
-                        reason: reason.into(),
-                    },
-                ));
-            }
-            out.extend(self.end_call(&call_id));
-        }
-        for name in state.names {
+        let mut out = self.end_calls_of(conn);
+        for name in removed {
             out.extend(self.to_listeners(ServerMessage::CalleeRemoved { name }));
         }
         out
@@ -413,26 +364,55 @@ impl Phonebook {
                 None,
             )];
         }
+        let meta_bytes = meta.to_string().len();
+        if meta_bytes > MAX_CALLEE_META_BYTES {
+            return vec![error(
+                conn,
+                ErrorCode::TooLarge,
+                format!(
+                    "a callee's meta of {meta_bytes} bytes is over the limit of {MAX_CALLEE_META_BYTES}"
+                ),
+                None,
+            )];
+        }
         let identity = self.connections.get(&conn).map(|c| &c.identity);
         if let Some(identity) = identity
             && let Err(refused) = self.access.may_register(identity, &name)
         {
             return vec![refusal(conn, refused, None)];
         }
-        match self.callees.get_mut(&name) {
+        let key = name_key(&name);
+        let held = self.connections.get(&conn).map_or(0, |c| c.names.len());
+        match self.callees.get_mut(&key) {
             Some(existing) if existing.owner != conn => {
                 return vec![error(
                     conn,
                     ErrorCode::NameTaken,
-                    format!("the name {name:?} is registered by another connection"),
+                    format!(
+                        "the name {:?} is registered by another connection",
+                        existing.name
+                    ),
                     None,
                 )];
             }
+            // Registering a held name again changes its meta; it keeps its spelling.
             Some(existing) => existing.meta = meta,
+            None if held >= self.limits.names_per_connection => {
+                return vec![error(
+                    conn,
+                    ErrorCode::TooManyNames,
+                    format!(
+                        "this connection holds {held} names already (the limit is {})",
+                        self.limits.names_per_connection
+                    ),
+                    None,
+                )];
+            }
             None => {
                 self.callees.insert(
-                    name.clone(),
+                    key.clone(),
                     Registration {
+                        name,
                         owner: conn,
                         meta,
                         dnd: false,
@@ -441,37 +421,34 @@ impl Phonebook {
             }
         }
         if let Some(state) = self.connections.get_mut(&conn) {
-            state.names.insert(name.clone());
+            state.names.insert(key.clone());
         }
-        let mut out = vec![Output::Send(
-            conn,
-            ServerMessage::Registered { name: name.clone() },
-        )];
-        out.extend(self.push_callee(&name));
+        let name = self.callees[&key].name.clone();
+        let mut out = vec![Output::Send(conn, ServerMessage::Registered { name })];
+        out.extend(self.push_callee(&key));
         out
     }
 
     fn unregister(&mut self, conn: ConnId, name: &str) -> Vec<Output> {
-        let owned = self.callees.get(name).is_some_and(|r| r.owner == conn);
+        let key = name_key(name);
+        let owned = self.callees.get(&key).is_some_and(|r| r.owner == conn);
         if !owned {
-            return vec![error(
-                conn,
-                ErrorCode::NotRegistered,
-                format!("the name {name:?} is not registered by this connection"),
-                None,
-            )];
+            return vec![not_registered(conn, name)];
         }
-        self.callees.remove(name);
+        let name = self
+            .callees
+            .remove(&key)
+            .map_or_else(|| name.into(), |r| r.name);
         if let Some(state) = self.connections.get_mut(&conn) {
-            state.names.remove(name);
+            state.names.remove(&key);
         }
         // Calls already ringing or running under that name go on: the callee still holds
         // the connection and can answer or hang up.
         let mut out = vec![Output::Send(
             conn,
-            ServerMessage::Unregistered { name: name.into() },
+            ServerMessage::Unregistered { name: name.clone() },
         )];
-        out.extend(self.to_listeners(ServerMessage::CalleeRemoved { name: name.into() }));
+        out.extend(self.to_listeners(ServerMessage::CalleeRemoved { name }));
         out
     }
 
@@ -491,208 +468,31 @@ impl Phonebook {
                 )];
             }
         };
-        match self.callees.get_mut(name) {
+        let key = name_key(name);
+        match self.callees.get_mut(&key) {
             Some(registration) if registration.owner == conn => {
                 if registration.dnd == dnd {
                     return Vec::new();
                 }
                 registration.dnd = dnd;
-                self.push_callee(name)
+                self.push_callee(&key)
             }
-            _ => vec![error(
-                conn,
-                ErrorCode::NotRegistered,
-                format!("the name {name:?} is not registered by this connection"),
-                None,
-            )],
+            _ => vec![not_registered(conn, name)],
         }
     }
 
-    fn call(
-        &mut self,
-        conn: ConnId,
-        call_id: String,
-        callee: String,
-        meta: Value,
-        sdp: String,
-    ) -> Vec<Output> {
-        if let Err(why) = validate_call_id(&call_id) {
-            return vec![error(conn, ErrorCode::BadMessage, why, None)];
-        }
-        if !meta.is_object() {
-            return vec![error(
-                conn,
-                ErrorCode::BadMessage,
-                "meta must be a JSON object",
-                Some(&call_id),
-            )];
-        }
-        if self.calls.contains_key(&call_id) {
-            return vec![error(
-                conn,
-                ErrorCode::DuplicateCall,
-                format!("a call with id {call_id:?} already exists"),
-                Some(&call_id),
-            )];
-        }
-        if sdp.len() > MAX_SDP_BYTES {
-            return vec![sdp_too_large(conn, &call_id, sdp.len())];
-        }
-        let identity = self
-            .connections
-            .get(&conn)
-            .map(|c| c.identity.clone())
-            .unwrap_or(Identity::Anonymous);
-        if let Err(refused) = self.access.may_call(&identity, &callee) {
-            return vec![refusal(conn, refused, Some(&call_id))];
-        }
-        let pending = self
-            .calls
-            .values()
-            .filter(|r| r.caller == conn && !r.accepted)
-            .count();
-        if pending >= self.pending_calls {
-            return vec![error(
-                conn,
-                ErrorCode::TooManyCalls,
-                format!(
-                    "{pending} calls of this connection are still unanswered (the limit is {})",
-                    self.pending_calls
-                ),
-                Some(&call_id),
-            )];
-        }
-        // The callee learns who calls from the phonebook, not from what the caller claims.
-        let mut meta = meta;
-        if let Some(fields) = meta.as_object_mut() {
-            match identity.user() {
-                Some(user) => fields.insert("user".into(), Value::String(user.into())),
-                None => fields.remove("user"),
-            };
-        }
-        let Some(registration) = self.callees.get(&callee) else {
-            return vec![error(
-                conn,
-                ErrorCode::UnknownCallee,
-                format!("no callee named {callee:?} is registered"),
-                Some(&call_id),
-            )];
-        };
-        let callee_conn = registration.owner;
-        self.calls.insert(
-            call_id.clone(),
-            Route {
-                caller: conn,
-                callee_conn,
-                callee: callee.clone(),
-                accepted: false,
-            },
-        );
-        let mut out = vec![Output::Send(
-            callee_conn,
-            ServerMessage::IncomingCall {
-                call_id,
-                callee: callee.clone(),
-                meta,
-                sdp,
-            },
-        )];
-        out.extend(self.push_callee(&callee));
-        out
-    }
-
-    fn accept(&mut self, conn: ConnId, call_id: String, sdp: String) -> Vec<Output> {
-        let mut out = self.relay_from_callee(conn, &call_id, |_| ServerMessage::Accepted {
-            call_id: call_id.clone(),
-            sdp,
-        });
-        if is_error(&out) {
-            return out;
-        }
-        if let Some(route) = self.calls.get_mut(&call_id) {
-            route.accepted = true;
-            let name = route.callee.clone();
-            out.extend(self.push_callee(&name));
-        }
-        out
-    }
-
-    /// Relays a message that only the callee of `call_id` may send.
-    fn relay_from_callee(
-        &self,
-        conn: ConnId,
-        call_id: &str,
-        build: impl FnOnce(&Route) -> ServerMessage,
-    ) -> Vec<Output> {
-        match self.calls.get(call_id) {
-            Some(route) if route.callee_conn == conn => {
-                vec![Output::Send(route.caller, build(route))]
-            }
-            _ => vec![unknown_call(conn, call_id)],
-        }
-    }
-
-    /// Relays a message that either end of `call_id` may send to the other.
-    fn relay_to_other_end(&self, conn: ConnId, call_id: &str, msg: ServerMessage) -> Vec<Output> {
-        match self.calls.get(call_id) {
-            Some(route) if route.caller == conn => vec![Output::Send(route.callee_conn, msg)],
-            Some(route) if route.callee_conn == conn => vec![Output::Send(route.caller, msg)],
-            _ => vec![unknown_call(conn, call_id)],
-        }
-    }
-
-    fn end_call(&mut self, call_id: &str) -> Vec<Output> {
-        match self.calls.remove(call_id) {
-            Some(route)
-                if self
-                    .callees
-                    .get(&route.callee)
-                    .is_some_and(|r| r.owner == route.callee_conn) =>
-            {
-                self.push_callee(&route.callee)
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    fn presence(&self, name: &str) -> Presence {
-        let Some(registration) = self.callees.get(name) else {
-            return Presence::Available;
-        };
-        if registration.dnd {
-            return Presence::Dnd;
-        }
-        let owner = registration.owner;
-        let mut ringing = false;
-        // Calls still held by a connection that gave the name up are not the new owner's.
-        for route in self
-            .calls
-            .values()
-            .filter(|r| r.callee == name && r.callee_conn == owner)
-        {
-            if route.accepted {
-                return Presence::InCall;
-            }
-            ringing = true;
-        }
-        if ringing {
-            Presence::Ringing
-        } else {
-            Presence::Available
-        }
-    }
-
-    fn callee_entry(&self, name: &str) -> Option<Callee> {
-        self.callees.get(name).map(|r| Callee {
-            name: name.into(),
+    fn callee_entry(&self, key: &str) -> Option<Callee> {
+        self.callees.get(key).map(|r| Callee {
+            name: r.name.clone(),
             meta: r.meta.clone(),
-            presence: self.presence(name),
+            presence: self.presence(key),
         })
     }
 
-    /// Tells the listeners how `name` looks now (after a registration or a presence change).
-    fn push_callee(&self, name: &str) -> Vec<Output> {
-        match self.callee_entry(name) {
+    /// Tells the listeners how the callee `key` looks now (after a registration or a
+    /// presence change).
+    fn push_callee(&self, key: &str) -> Vec<Output> {
+        match self.callee_entry(key) {
             Some(callee) => self.to_listeners(ServerMessage::CalleeUpdate { callee }),
             None => Vec::new(),
         }
@@ -729,21 +529,12 @@ fn refusal(conn: ConnId, refused: Refused, call_id: Option<&str>) -> Output {
     }
 }
 
-fn sdp_too_large(conn: ConnId, call_id: &str, len: usize) -> Output {
+fn not_registered(conn: ConnId, name: &str) -> Output {
     error(
         conn,
-        ErrorCode::TooLarge,
-        format!("an SDP of {len} bytes is over the limit of {MAX_SDP_BYTES}"),
-        Some(call_id),
-    )
-}
-
-fn unknown_call(conn: ConnId, call_id: &str) -> Output {
-    error(
-        conn,
-        ErrorCode::UnknownCall,
-        format!("no call {call_id:?} involves this connection"),
-        Some(call_id),
+        ErrorCode::NotRegistered,
+        format!("the name {name:?} is not registered by this connection"),
+        None,
     )
 }
 
@@ -757,6 +548,7 @@ fn is_error(out: &[Output]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signalling::limits::Limits;
     use serde_json::json;
 
     const DEVICE: ConnId = 1;
@@ -1175,7 +967,10 @@ mod tests {
 
     #[test]
     fn unanswered_calls_and_sdp_size_are_limited() {
-        let mut book = setup().with_pending_calls(2);
+        let mut book = setup().with_limits(Limits {
+            pending_calls: 2,
+            ..Limits::default()
+        });
         assert!(codes(&call(&mut book, "c1")).is_empty());
         assert!(codes(&call(&mut book, "c2")).is_empty());
         assert_eq!(codes(&call(&mut book, "c3")), vec![ErrorCode::TooManyCalls]);
@@ -1207,5 +1002,135 @@ mod tests {
         );
         assert_eq!(codes(&answer), vec![ErrorCode::TooLarge]);
         assert_eq!(book.active_calls(), 3);
+    }
+
+    #[test]
+    fn names_are_one_whatever_their_case_and_keep_their_spelling() {
+        let mut book = setup();
+        book.handle(PAGE, ClientMessage::Listen);
+        let register = |name: &str| ClientMessage::Register {
+            name: name.into(),
+            meta: json!({}),
+        };
+        assert_eq!(
+            codes(&book.handle(OTHER, register("Cam"))),
+            vec![ErrorCode::NameTaken]
+        );
+        assert_eq!(
+            codes(&book.handle(OTHER, register("CAM"))),
+            vec![ErrorCode::NameTaken]
+        );
+        // A call in another spelling reaches the camera under the name it registered.
+        let out = book.handle(
+            PAGE,
+            ClientMessage::Call {
+                call_id: "c1".into(),
+                callee: "CaM".into(),
+                meta: json!({}),
+                sdp: "offer".into(),
+            },
+        );
+        assert!(matches!(
+            &out[0],
+            Output::Send(DEVICE, ServerMessage::IncomingCall { callee, .. }) if callee == "cam"
+        ));
+        assert!(book.has_callee("CAM"));
+        assert_eq!(book.owner_of("Cam"), Some(DEVICE));
+        // The owner unregisters it in any spelling; listeners hear of it as registered.
+        let out = book.handle(DEVICE, ClientMessage::Unregister { name: "CAM".into() });
+        assert!(out.contains(&Output::Send(
+            PAGE,
+            ServerMessage::CalleeRemoved { name: "cam".into() }
+        )));
+        assert!(codes(&book.handle(OTHER, register("Cam"))).is_empty());
+        assert_eq!(book.callees()[0].name, "Cam");
+    }
+
+    #[test]
+    fn names_per_connection_and_callee_meta_are_limited() {
+        let mut book = setup().with_limits(Limits {
+            names_per_connection: 2,
+            ..Limits::default()
+        });
+        let register = |name: &str, meta: Value| ClientMessage::Register {
+            name: name.into(),
+            meta,
+        };
+        // The device holds "cam" already.
+        assert!(codes(&book.handle(DEVICE, register("cam-2", json!({})))).is_empty());
+        assert_eq!(
+            codes(&book.handle(DEVICE, register("cam-3", json!({})))),
+            vec![ErrorCode::TooManyNames]
+        );
+        // A held name may still be registered again (new meta).
+        assert!(codes(&book.handle(DEVICE, register("CAM", json!({"fps": 5})))).is_empty());
+        assert_eq!(book.callees()[0].meta, json!({"fps": 5}));
+        let big = json!({"x": "y".repeat(MAX_CALLEE_META_BYTES)});
+        assert_eq!(
+            codes(&book.handle(OTHER, register("big", big))),
+            vec![ErrorCode::TooLarge]
+        );
+    }
+
+    #[test]
+    fn candidates_per_call_are_limited_for_each_end() {
+        let mut book = setup().with_limits(Limits {
+            candidates_per_call: 3,
+            ..Limits::default()
+        });
+        call(&mut book, "c1");
+        let candidate = |n: u32| ClientMessage::Candidate {
+            call_id: "c1".into(),
+            candidate: Some(crate::signalling::protocol::IceCandidate {
+                candidate: format!("candidate:{n} 1 udp 1 127.0.0.1 {n} typ host"),
+                sdp_mid: Some("0".into()),
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            }),
+        };
+        for n in 0..3 {
+            let out = book.handle(PAGE, candidate(n));
+            assert!(matches!(
+                &out[0],
+                Output::Send(DEVICE, ServerMessage::Candidate { .. })
+            ));
+        }
+        let out = book.handle(PAGE, candidate(3));
+        assert_eq!(codes(&out), vec![ErrorCode::TooManyCandidates]);
+        assert!(
+            matches!(&out[0], Output::Send(PAGE, _)),
+            "refused to the sender only"
+        );
+        // The other end has a count of its own.
+        let out = book.handle(DEVICE, candidate(9));
+        assert!(matches!(
+            &out[0],
+            Output::Send(PAGE, ServerMessage::Candidate { .. })
+        ));
+    }
+
+    #[test]
+    fn relay_targets_and_answered_calls() {
+        let mut book = setup();
+        let ring = ClientMessage::Call {
+            call_id: "c1".into(),
+            callee: "CAM".into(),
+            meta: json!({}),
+            sdp: "offer".into(),
+        };
+        assert_eq!(book.relay_target(PAGE, &ring), Some(DEVICE));
+        book.handle(PAGE, ring);
+        let candidate = ClientMessage::Candidate {
+            call_id: "c1".into(),
+            candidate: None,
+        };
+        assert_eq!(book.relay_target(PAGE, &candidate), Some(DEVICE));
+        assert_eq!(book.relay_target(DEVICE, &candidate), Some(PAGE));
+        assert_eq!(book.relay_target(OTHER, &candidate), None);
+        assert_eq!(book.relay_target(PAGE, &ClientMessage::Listen), None);
+        // Only the callee's messages on its own calls draw on the answering allowance.
+        assert!(book.answers_call(DEVICE, &candidate));
+        assert!(!book.answers_call(PAGE, &candidate));
+        assert!(!book.answers_call(DEVICE, &ClientMessage::Listen));
     }
 }

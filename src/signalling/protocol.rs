@@ -240,6 +240,11 @@ pub enum ErrorCode {
     RateLimited,
     /// The caller already has as many unanswered calls as the server accepts.
     TooManyCalls,
+    /// The connection already holds as many names as the server accepts.
+    TooManyNames,
+    /// This end of the call already sent as many ICE candidates as the server relays;
+    /// the candidate was dropped.
+    TooManyCandidates,
 }
 
 /// A token or passphrase: sent as a plain JSON string, never shown in logs.
@@ -443,6 +448,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The key a callee name is compared by: names differ in more than case, so `Cam` and
+/// `cam` are one name (the phonebook keeps the spelling it was registered with).
+pub fn name_key(name: &str) -> String {
+    // Names are ASCII (see `validate_name`); anything else never reaches a registration.
+    name.to_ascii_lowercase()
 }
 
 /// Checks a call id: 1 to [`MAX_CALL_ID_LEN`] bytes of letters, digits, `_` and `-`.

@@ -1,0 +1,254 @@
+//! What waits to be written to one connection, and who it is charged to.
+//!
+//! Every message queued for a connection is a [`Letter`] that counts in the receiver's
+//! [`Ledger`] until it is written (dropped): a relayed message against its sender's
+//! window there, a callee-list message against the list window, an answer to the
+//! connection's own request against its reply window. The server checks the windows
+//! before queueing, so what others send a connection is refused to them when it piles up
+//! ([`super::limits::RELAY_WINDOW`]) instead of filling the receiver's queue, and the
+//! receiver is never disconnected for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::limits::{LIST_WINDOW, RECEIVER_WINDOW, RELAY_WINDOW, REPLY_WINDOW, Usage};
+use super::phonebook::ConnId;
+
+/// What the server sends down one connection.
+pub(crate) enum Outgoing {
+    /// A protocol message.
+    Text(Letter),
+    /// A WebSocket ping.
+    Ping,
+    /// Close now.
+    Close,
+    /// Close with "going away": the server shuts down.
+    GoingAway,
+}
+
+/// Whom a queued message is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Charge {
+    /// Relayed from that connection (a call message, or a hang-up on its behalf).
+    Relay(ConnId),
+    /// The callee list or a change to it.
+    List,
+    /// An answer to the receiver's own request, or the phonebook speaking on its own.
+    Reply,
+}
+
+/// What a receiver has waiting, by whom it is charged to.
+#[derive(Debug, Default)]
+struct Tally {
+    from: HashMap<ConnId, Usage>,
+    relays: Usage,
+    list: Usage,
+    replies: Usage,
+    /// List messages were dropped: send the whole list once the rest is read.
+    list_stale: bool,
+}
+
+/// A connection's account of what waits in its queue.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger(Mutex<Tally>);
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The list window is full; the listener gets the whole list later.
+    ListDropped,
+    /// The receiver does not read the answers to its own requests.
+    RepliesUnread,
+}
+
+impl Ledger {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        // Counting never panics halfway; a poisoned lock still holds sound numbers.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `sender` may have one more message of `bytes` relayed here.
+    pub(crate) fn has_room(&self, sender: ConnId, bytes: usize) -> bool {
+        let tally = self.tally();
+        tally
+            .from
+            .get(&sender)
+            .is_none_or(|used| used.fits(bytes, RELAY_WINDOW))
+            && tally.relays.fits(bytes, RECEIVER_WINDOW)
+    }
+
+    /// Counts `text` as waiting, charged as `charge`, or says why it may not wait.
+    /// Relayed messages always count: the sender's room was checked with
+    /// [`Ledger::has_room`] before the phonebook acted on its message, and the few that
+    /// were not checked end a call (one each), which the receiver must learn of.
+    pub(crate) fn letter(
+        self: &Arc<Self>,
+        text: String,
+        charge: Charge,
+    ) -> Result<Letter, Refusal> {
+        let bytes = text.len();
+        let mut tally = self.tally();
+        match charge {
+            Charge::Relay(sender) => {
+                tally.from.entry(sender).or_default().add(bytes);
+                tally.relays.add(bytes);
+            }
+            Charge::List => {
+                if tally.list_stale || !tally.list.fits(bytes, LIST_WINDOW) {
+                    tally.list_stale = true;
+                    return Err(Refusal::ListDropped);
+                }
+                tally.list.add(bytes);
+            }
+            Charge::Reply => {
+                if !tally.replies.fits(bytes, REPLY_WINDOW) {
+                    return Err(Refusal::RepliesUnread);
+                }
+                tally.replies.add(bytes);
+            }
+        }
+        Ok(Letter {
+            text,
+            charge,
+            ledger: self.clone(),
+        })
+    }
+
+    /// Whether list messages were dropped and none is waiting any more: then the
+    /// listener is due the whole list. Clears the mark.
+    pub(crate) fn take_list_resync(&self) -> bool {
+        let mut tally = self.tally();
+        if tally.list_stale && tally.list.messages == 0 {
+            tally.list_stale = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn release(&self, charge: Charge, bytes: usize) {
+        let mut tally = self.tally();
+        match charge {
+            Charge::Relay(sender) => {
+                if let Some(used) = tally.from.get_mut(&sender) {
+                    used.remove(bytes);
+                    if used.messages == 0 {
+                        tally.from.remove(&sender);
+                    }
+                }
+                tally.relays.remove(bytes);
+            }
+            Charge::List => tally.list.remove(bytes),
+            Charge::Reply => tally.replies.remove(bytes),
+        }
+    }
+}
+
+/// One queued message; it stops counting in its receiver's ledger when dropped, that is
+/// once it is written (or the connection is gone).
+pub(crate) struct Letter {
+    text: String,
+    charge: Charge,
+    ledger: Arc<Ledger>,
+}
+
+impl Letter {
+    /// The message's text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// What the message is charged to.
+    pub(crate) fn charge(&self) -> Charge {
+        self.charge
+    }
+}
+
+impl std::ops::Deref for Letter {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Drop for Letter {
+    fn drop(&mut self) {
+        self.ledger.release(self.charge, self.text.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_has_no_room_once_its_window_is_full_and_others_still_do() {
+        let ledger = Arc::new(Ledger::default());
+        let mut held = Vec::new();
+        for _ in 0..RELAY_WINDOW.messages {
+            held.push(ledger.letter("x".into(), Charge::Relay(1)).unwrap());
+        }
+        assert!(!ledger.has_room(1, 1));
+        // Another sender still has room.
+        assert!(ledger.has_room(2, 1));
+        held.push(ledger.letter("x".into(), Charge::Relay(2)).unwrap());
+        // Written letters give their place back.
+        held.clear();
+        assert!(ledger.has_room(1, 1));
+        assert!(ledger.tally().from.is_empty());
+    }
+
+    #[test]
+    fn a_receiver_takes_so_much_from_all_senders_together() {
+        let ledger = Arc::new(Ledger::default());
+        let senders = RECEIVER_WINDOW.messages / (RELAY_WINDOW.messages - 1);
+        let held: Vec<_> = (0..senders as u64)
+            .flat_map(|sender| (0..RELAY_WINDOW.messages - 1).map(move |_| sender))
+            .map(|sender| ledger.letter("x".into(), Charge::Relay(sender)).unwrap())
+            .collect();
+        // Every sender is within its own window, but a new one finds no room.
+        assert!(ledger.has_room(0, 1));
+        let more: Vec<_> = (0..RECEIVER_WINDOW.messages - held.len())
+            .map(|_| ledger.letter("x".into(), Charge::Relay(1_000)).unwrap())
+            .collect();
+        assert!(!ledger.has_room(2_000, 1));
+        drop(more);
+        assert!(ledger.has_room(2_000, 1));
+    }
+
+    #[test]
+    fn dropped_list_messages_are_made_up_with_the_whole_list() {
+        let ledger = Arc::new(Ledger::default());
+        let mut held = Vec::new();
+        for _ in 0..LIST_WINDOW.messages {
+            held.push(ledger.letter("u".into(), Charge::List).unwrap());
+        }
+        assert_eq!(
+            ledger.letter("u".into(), Charge::List).err(),
+            Some(Refusal::ListDropped)
+        );
+        assert!(!ledger.take_list_resync(), "not while updates still wait");
+        held.pop();
+        // Stale: later changes are dropped too, until the whole list has been sent.
+        assert!(ledger.letter("u".into(), Charge::List).is_err());
+        held.clear();
+        assert!(ledger.take_list_resync());
+        assert!(!ledger.take_list_resync());
+        assert!(ledger.letter("list".into(), Charge::List).is_ok());
+    }
+
+    #[test]
+    fn unread_replies_are_the_receivers_own_doing() {
+        let ledger = Arc::new(Ledger::default());
+        let held: Vec<_> = (0..REPLY_WINDOW.messages)
+            .map(|_| ledger.letter("e".into(), Charge::Reply).unwrap())
+            .collect();
+        assert_eq!(
+            ledger.letter("e".into(), Charge::Reply).err(),
+            Some(Refusal::RepliesUnread)
+        );
+        drop(held);
+        assert!(ledger.letter("e".into(), Charge::Reply).is_ok());
+    }
+}
