@@ -78,6 +78,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Call a camera the way a page does and report what arrives (for checking a camera
+    /// across a network without a browser).
+    Call {
+        /// The callee to call.
+        callee: String,
+        /// The phonebook's WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        phonebook: String,
+        /// The caller name the device shows.
+        #[arg(long, default_value = "peercam call")]
+        name: String,
+        /// A user token or passphrase, for a phonebook that asks for one.
+        #[arg(long)]
+        token: Option<String>,
+        /// Seconds to wait for someone to answer.
+        #[arg(long, default_value_t = 60)]
+        answer_timeout: u64,
+        /// Seconds to watch once the video arrives.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Also receive the camera's sound.
+        #[arg(long)]
+        audio: bool,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -259,6 +288,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::task::spawn_blocking(move || cli::devices::report(&settings)).await?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Call {
+            callee,
+            phonebook,
+            name,
+            token,
+            answer_timeout,
+            seconds,
+            audio,
+            json,
+            settings,
+        } => {
+            let overrides = parse_overrides(&settings.set)?;
+            let settings = load(&settings, overrides)?;
+            let report = peercam::cli::call::run(peercam::cli::call::CallRequest {
+                phonebook,
+                callee,
+                caller_name: name,
+                token,
+                answer_timeout: Duration::from_secs(answer_timeout.clamp(1, 3600)),
+                watch: Duration::from_secs(seconds.clamp(1, 3600)),
+                audio,
+                ice: settings.ice,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", peercam::cli::call::table(&report));
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Check {
             settings,

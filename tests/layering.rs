@@ -28,7 +28,11 @@ const ALLOWED_CYCLES: &[&[&str]] = &[
     // WHEP reaches the phonebook's state through the server, and the server mounts WHEP;
     // a narrow phonebook handle for WHEP is under way. (config → signalling::server for
     // `Limits` is one way, no circle, and is moving too.)
-    &["signalling::server", "signalling::socket", "signalling::whep"],
+    &[
+        "signalling::server",
+        "signalling::socket",
+        "signalling::whep",
+    ],
     // gpio/mod.rs opens the backend the settings name while the backends use its `Edge`,
     // `Indicators` and pin lists; gpio is being reworked elsewhere. Moving the shared
     // types (or the opening) into a file of its own breaks this.

@@ -1,7 +1,9 @@
-//! The reports of the `peercam` commands that only look: `boards`, `devices` and
-//! `check`. They read the settings and the media layer and turn what they find into text
-//! for a person; main.rs parses the command line and prints what these return.
+//! The reports of the `peercam` commands that only look: `boards`, `devices`, `check` and
+//! `call`. They read the settings and the media layer (or call a camera) and turn what they
+//! find into text for a person; main.rs parses the command line and prints what these
+//! return.
 
+pub mod call;
 pub mod check;
 pub mod devices;
 

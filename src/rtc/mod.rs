@@ -10,6 +10,7 @@
 mod caller;
 mod clock;
 mod peer;
+pub mod receive;
 
 pub use caller::{CallOptions, Caller, CallerEvent};
 pub use clock::RtpClock;
