@@ -796,6 +796,16 @@ mod tests {
     }
 
     #[test]
+    fn unknown_bandwidth_types_are_ignored() {
+        // RTCP bandwidth (RFC 3556) as some SIP gateways send it: sdp 0.10 refused any
+        // type but CT, AS and TIAS; RFC 8866 says to ignore the ones a parser does not know.
+        let offer = format!(
+            "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 96\r\nb=RS:0\r\nb=RR:0\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;profile-level-id=42e01f\r\n"
+        );
+        assert!(check_offer(&offer).unwrap().h264);
+    }
+
+    #[test]
     fn safari_firefox_and_vp8_only_offers() {
         // Safari: constrained baseline, mode 1 and mode 0.
         let safari = format!(
