@@ -16,8 +16,13 @@
 
 mod caller;
 mod clock;
+mod engine;
+mod offer;
 mod peer;
+mod writer;
 
 pub use caller::{CallOptions, Caller, CallerEvent};
 pub use clock::RtpClock;
-pub use peer::{CallPeer, Feeds, MediaCaps, OfferSummary, PeerEvent, RtcEngine, check_offer};
+pub use engine::{MediaCaps, RtcEngine};
+pub use offer::{OfferSummary, check_offer};
+pub use peer::{CallPeer, Feeds, PeerEvent};
