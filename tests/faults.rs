@@ -27,7 +27,7 @@ use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// How long a connection may stay silent before both ends must have given up on it. The
-/// ICE timeouts in src/rtc/peer.rs say 3 s + 5 s; the rest is slack for a loaded machine.
+/// ICE timeouts in src/rtc/engine.rs say 3 s + 5 s; the rest is slack for a loaded machine.
 const LOSS_BOUND: Duration = Duration::from_secs(15);
 
 /// Why the network tests are ignored unless asked for (`--include-ignored`).

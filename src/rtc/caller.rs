@@ -23,7 +23,8 @@ use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_remote::TrackRemote;
 
-use super::peer::{RtcEngine, add_track, send_frames};
+use super::engine::RtcEngine;
+use super::writer::{add_track, send_frames};
 use crate::media::Codec;
 use crate::media::fanout::Feed;
 use crate::signalling::protocol::{
