@@ -18,6 +18,7 @@
 pub mod app;
 pub mod call;
 pub mod config;
+pub mod control;
 pub mod device;
 pub mod gpio;
 pub mod media;

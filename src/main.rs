@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use peercam::app;
 use peercam::config::{AnswerPolicy, BOARDS, Settings};
-use peercam::gpio::simulated;
+use peercam::control::Control;
+use peercam::gpio::{Press, simulated};
 use peercam::media::{self, check, devices};
 use tokio_util::sync::CancellationToken;
 
@@ -233,21 +234,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             control,
         } => {
-            let word = match button {
-                Button::Accept => "accept",
-                Button::Decline => "decline",
-                Button::Hangup => "hangup",
-                Button::Dnd => "dnd",
+            let press = match button {
+                Button::Accept => Press::Accept,
+                Button::Decline => Press::Decline(reason),
+                Button::Hangup => Press::Hangup(reason),
+                Button::Dnd => Press::DoNotDisturb,
             };
-            let line = match reason {
-                Some(reason) if matches!(button, Button::Decline | Button::Hangup) => {
-                    format!("{word} {reason}")
-                }
-                _ => word.to_owned(),
-            };
-            control_command(control, &line).await
+            control_command(control, Control::Press(press)).await
         }
-        Command::Status { control } => control_command(control, "status").await,
+        Command::Status { control } => control_command(control, Control::Status).await,
         Command::Boards => {
             for (name, text) in BOARDS {
                 let description = toml::from_str::<toml::Table>(text)
@@ -305,9 +300,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn control_command(control: Option<PathBuf>, line: &str) -> anyhow::Result<ExitCode> {
-    let path = app::control_path(control);
-    match simulated::send_control(&path, line).await? {
+async fn control_command(path: Option<PathBuf>, control: Control) -> anyhow::Result<ExitCode> {
+    let path = app::control_path(path);
+    match simulated::send_control(&path, &control.to_string()).await? {
         Ok(text) => {
             println!("{text}");
             Ok(ExitCode::SUCCESS)
