@@ -15,6 +15,8 @@
 pub mod core;
 mod shell;
 pub mod sides;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
