@@ -13,14 +13,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::call::{self, AnswerRules, Call, CallState};
-use crate::control::{ControlError, Reply};
+pub use super::messages::{Action, Config, Input, Notify, ToCaller};
+use crate::call::{self, Call, CallState};
+use crate::control::ControlError;
 use crate::gpio::{Levels, Press, indicator_levels, next_indicator_change};
 use crate::rtc::PeerEvent;
 use crate::signalling::events::{DeviceEvent, Side};
-use crate::signalling::protocol::{IceCandidate, Presence};
+use crate::signalling::protocol::IceCandidate;
+
+mod lifecycle;
 
 /// Candidates kept for a call that has not been answered yet.
 pub const MAX_EARLY_CANDIDATES: usize = 64;
@@ -34,176 +37,6 @@ pub const HUNG_UP_AT_THE_DEVICE: &str = "hung up at the device";
 /// How long the shutdown waits for each viewer's data channel to send what it holds (the
 /// `shutting_down` event) before the calls end.
 pub const FLUSH_LIMIT: Duration = Duration::from_millis(500);
-
-/// What the device is and how it answers.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The callee name in the phonebook.
-    pub name: String,
-    /// How new calls are admitted.
-    pub rules: AnswerRules,
-    /// How long a call rings before "no answer".
-    pub ring_timeout: Duration,
-    /// The decline button's reason.
-    pub decline_reason: String,
-    /// A PeerJS server is configured.
-    pub peerjs: bool,
-}
-
-/// Something that happened, for [`Doorbell::handle`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    /// A caller's offer arrived from `side` (`meta` as the side vouches for it).
-    Offer {
-        /// The call's id.
-        call: String,
-        /// Where it came from.
-        side: Side,
-        /// The caller's metadata: `user` (verified by the phonebook), `callerName`, `name`.
-        meta: Value,
-        /// The caller's SDP offer.
-        sdp: String,
-    },
-    /// A candidate of the caller's.
-    RemoteCandidate {
-        /// The call.
-        call: String,
-        /// The candidate.
-        candidate: IceCandidate,
-    },
-    /// The caller hung up (or its side says it went away).
-    RemoteHangup {
-        /// The call.
-        call: String,
-        /// Why.
-        reason: String,
-    },
-    /// The device is registered on `side`: calls can arrive.
-    Registered(Side),
-    /// The connection to `side` is gone (it reconnects by itself).
-    SideLost {
-        /// Which.
-        side: Side,
-        /// Why, for the logs and the service manager.
-        why: String,
-    },
-    /// A button, key or control-socket press.
-    Press(Press),
-    /// The call's peer connection reported `event`.
-    Peer {
-        /// The call.
-        call: String,
-        /// What happened.
-        event: PeerEvent,
-    },
-    /// The peer asked for by [`Action::CreatePeer`] exists and answered with `sdp`.
-    AnswerMade {
-        /// The call.
-        call: String,
-        /// The SDP answer.
-        sdp: String,
-    },
-    /// The peer asked for by [`Action::CreatePeer`] could not be made.
-    AnswerFailed {
-        /// The call.
-        call: String,
-        /// Why (sent to the caller as the decline reason).
-        reason: String,
-    },
-    /// The daemon stops: every call ends.
-    Shutdown,
-}
-
-/// What the caller's side is to be told about one call.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ToCaller {
-    /// The call rings.
-    Ringing,
-    /// The call is answered with this SDP.
-    Answer(String),
-    /// The call is declined for this reason.
-    Decline(String),
-    /// The call is over for this reason.
-    Hangup(String),
-    /// One of our candidates (`None`: gathering is complete).
-    Candidate(Option<IceCandidate>),
-}
-
-/// What the service manager is to be told.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notify {
-    /// The service is up (first registration), with its status.
-    Ready(String),
-    /// The status changed.
-    Status(String),
-    /// The service is stopping.
-    Stopping(String),
-}
-
-/// What the shell is to do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Tell `side` about `call`.
-    ToCaller {
-        /// The side the call came from.
-        side: Side,
-        /// The call.
-        call: String,
-        /// What to tell.
-        message: ToCaller,
-    },
-    /// Create the call's peer connection from its offer and report
-    /// [`Input::AnswerMade`] or [`Input::AnswerFailed`].
-    CreatePeer {
-        /// The call.
-        call: String,
-        /// The caller's SDP offer.
-        offer: String,
-    },
-    /// Give the call's peer connection the caller's candidates.
-    AddCandidates {
-        /// The call.
-        call: String,
-        /// The candidates, in the order they came.
-        candidates: Vec<IceCandidate>,
-    },
-    /// Close the call's peer connection, if it has one.
-    ClosePeer {
-        /// The call.
-        call: String,
-    },
-    /// The call is gone: drop whatever is still kept for it.
-    Forget {
-        /// The side it came from.
-        side: Side,
-        /// The call.
-        call: String,
-    },
-    /// Send `event` on the data channels of these calls.
-    Event {
-        /// The calls (those whose channel is open).
-        to: Vec<String>,
-        /// The event.
-        event: DeviceEvent,
-    },
-    /// Wait (at most `limit` each) until these calls' data channels sent what they hold.
-    Flush {
-        /// The calls.
-        calls: Vec<String>,
-        /// The longest wait per call.
-        limit: Duration,
-    },
-    /// Show this presence in the phonebook.
-    SetPresence(Presence),
-    /// Switch the indicators to these levels.
-    Indicators(Levels),
-    /// Tell the service manager.
-    Notify(Notify),
-    /// Say this to a person at the terminal, if one watches.
-    Say(String),
-    /// The reply to the press being handled.
-    Reply(Reply),
-}
 
 struct LiveCall {
     machine: Call,
@@ -442,135 +275,6 @@ impl Doorbell {
         }
     }
 
-    fn on_registered(&mut self, side: Side, out: &mut Vec<Action>) {
-        match side {
-            Side::Phonebook => {
-                self.registered = true;
-                let status = self.status_line();
-                out.push(Action::Notify(if self.ever_registered {
-                    Notify::Status(status)
-                } else {
-                    // The camera's elements and encoder were checked before we got here.
-                    self.ever_registered = true;
-                    Notify::Ready(status)
-                }));
-                if self.dnd {
-                    // A restarted phonebook forgot it.
-                    out.push(Action::SetPresence(Presence::Dnd));
-                }
-                out.push(Action::Say(format!(
-                    "registered as {:?}; waiting for calls",
-                    self.config.name
-                )));
-            }
-            Side::PeerJs => {
-                self.peerjs_open = true;
-                out.push(Action::Say("registered on the PeerJS server".into()));
-            }
-        }
-    }
-
-    fn side_lost(&mut self, side: Side, why: &str, out: &mut Vec<Action>) {
-        let reason = match side {
-            Side::Phonebook => {
-                if self.registered {
-                    warn!(%why, "lost the phonebook; reconnecting");
-                }
-                self.registered = false;
-                out.push(Action::Notify(Notify::Status(format!(
-                    "phonebook unreachable ({why}); reconnecting"
-                ))));
-                "phonebook connection lost"
-            }
-            Side::PeerJs => {
-                if self.peerjs_open {
-                    warn!(%why, "lost the PeerJS server; reconnecting");
-                }
-                self.peerjs_open = false;
-                "PeerJS server connection lost"
-            }
-        };
-        // Calls still being set up need their signalling; established ones are peer to
-        // peer and go on.
-        let waiting = self.ids(|c| c.side == side && c.machine.state() != CallState::Established);
-        for id in waiting {
-            self.apply(&id, call::Input::RemoteHangup(reason.into()), out);
-        }
-    }
-
-    fn press(&mut self, press: Press, out: &mut Vec<Action>) {
-        let button = press.button();
-        let reply = match press {
-            Press::Accept => match self.oldest_ringing() {
-                Some(id) => {
-                    // The reply waits for the answer (Input::AnswerMade or the call's end).
-                    self.pending_accept = Some(id.clone());
-                    self.apply(&id, call::Input::Accept, out);
-                    return;
-                }
-                None => Err(ControlError::NothingRinging),
-            },
-            Press::Decline(reason) => match self.oldest_ringing() {
-                Some(id) => {
-                    let caller = self.calls[&id].caller.clone();
-                    let reason = reason.unwrap_or_else(|| self.config.decline_reason.clone());
-                    self.apply(&id, call::Input::Decline(reason.clone()), out);
-                    Ok(format!("declined the call from {caller}: {reason}"))
-                }
-                None => Err(ControlError::NothingRinging),
-            },
-            Press::DoNotDisturb => Ok(self.toggle_dnd(out)),
-            Press::Hangup(reason) => {
-                let reason = reason.unwrap_or_else(|| HUNG_UP_AT_THE_DEVICE.into());
-                let ids = self.ids(|_| true);
-                if ids.is_empty() {
-                    Err(ControlError::NothingToHangUp)
-                } else {
-                    for id in &ids {
-                        self.apply(id, call::Input::LocalHangup(reason.clone()), out);
-                    }
-                    Ok(format!("ended {} call(s)", ids.len()))
-                }
-            }
-        };
-        self.reply(reply, button, out);
-    }
-
-    /// Replies to a press, and tells the viewers it was pressed when it did something.
-    fn reply(
-        &mut self,
-        reply: Reply,
-        button: crate::signalling::events::Button,
-        out: &mut Vec<Action>,
-    ) {
-        let done = reply.is_ok();
-        out.push(Action::Reply(reply));
-        if done {
-            self.broadcast(DeviceEvent::Button { button }, out);
-        }
-    }
-
-    fn toggle_dnd(&mut self, out: &mut Vec<Action>) -> String {
-        self.dnd = !self.dnd;
-        out.push(Action::SetPresence(if self.dnd {
-            Presence::Dnd
-        } else {
-            Presence::Available
-        }));
-        if !self.dnd {
-            out.push(Action::Say("do not disturb is off".into()));
-            return "do not disturb is off".into();
-        }
-        let reason = self.config.rules.dnd_reason.clone();
-        for id in self.ids(|c| c.machine.state() == CallState::Ringing) {
-            self.apply(&id, call::Input::Decline(reason.clone()), out);
-        }
-        out.push(Action::Say(
-            "do not disturb is on: calls are declined until the next long press".into(),
-        ));
-        format!("do not disturb is on: calls are declined with {reason:?}")
-    }
-
     fn peer_event(&mut self, id: String, event: PeerEvent, out: &mut Vec<Action>) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -655,29 +359,6 @@ impl Doorbell {
                 out,
             );
         }
-    }
-
-    fn shutdown(&mut self, out: &mut Vec<Action>) {
-        info!("shutting down: ending every call");
-        out.push(Action::Notify(Notify::Stopping(format!(
-            "ending {} call(s)",
-            self.calls.len()
-        ))));
-        self.broadcast(DeviceEvent::ShuttingDown, out);
-        let answered = self.ids(|c| c.answered);
-        if !answered.is_empty() {
-            out.push(Action::Flush {
-                calls: answered,
-                limit: FLUSH_LIMIT,
-            });
-        }
-        for id in self.ids(|_| true) {
-            self.apply(&id, call::Input::LocalHangup(SHUTTING_DOWN.into()), out);
-        }
-        self.ringing_since = None;
-        self.levels = Levels::default();
-        // Dark whatever the indicators showed, even if that was already nothing.
-        out.push(Action::Indicators(self.levels));
     }
 
     /// Feeds `input` to the call's machine, carries out what it asks and settles.

@@ -13,6 +13,7 @@
 //!   core's next deadline. No call state is shared between threads.
 
 pub mod core;
+pub mod messages;
 mod shell;
 pub mod sides;
 #[cfg(test)]
