@@ -33,9 +33,9 @@ use crate::call::AnswerRules;
 use crate::config::{AnswerPolicy, Settings};
 use crate::control::Request;
 use crate::gpio::Indicators;
-use crate::rtc::{Feeds, MediaCaps, RtcEngine};
-use crate::signalling::client::{self, Registration};
-use crate::signalling::peerjs::{self, PeerJsTarget};
+use crate::rtc::{Feeds, MediaCaps, PeerEvent, RtcEngine};
+use crate::signalling::client::{self, ClientEvent, Registration};
+use crate::signalling::peerjs::{self, PeerJsEvent, PeerJsTarget};
 use crate::systemd::Notifier;
 use shell::Shell;
 use sides::{PeerJsSide, PhonebookSide};
@@ -73,6 +73,15 @@ pub struct DeviceParts {
     pub interactive: bool,
     /// The service manager, told about readiness, status and health.
     pub notifier: Notifier,
+}
+
+/// Why the loop woke up.
+enum Wake {
+    Phonebook(ClientEvent),
+    PeerJs(PeerJsEvent),
+    Peer(String, PeerEvent),
+    Request(Request),
+    Deadline,
 }
 
 /// How the core is set up from the settings.
@@ -174,24 +183,37 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            Some(event) = event_rx.recv() => {
-                if let Some(input) = PhonebookSide::input(event) {
-                    shell.handle(input).await;
-                }
-            }
-            Some(event) = peerjs_rx.recv() => {
-                let inputs = shell.peerjs.as_mut().map(|s| s.inputs(event)).unwrap_or_default();
-                for input in inputs {
-                    shell.handle(input).await;
-                }
-            }
-            Some((call, event)) = peer_rx.recv() => shell.handle(Input::Peer { call, event }).await,
-            Some(request) = requests.recv() => shell.request(request).await,
-            _ = sleep => {}
+        let woke = tokio::select! {
+            Some(event) = event_rx.recv() => Wake::Phonebook(event),
+            Some(event) = peerjs_rx.recv() => Wake::PeerJs(event),
+            Some((call, event)) = peer_rx.recv() => Wake::Peer(call, event),
+            Some(request) = requests.recv() => Wake::Request(request),
+            _ = sleep => Wake::Deadline,
             _ = shutdown.cancelled() => break,
+        };
+        // One reading of the clock for everything this wake-up brings.
+        let now = Instant::now();
+        match woke {
+            Wake::Phonebook(event) => {
+                if let Some(input) = PhonebookSide::input(event) {
+                    shell.handle(input, now).await;
+                }
+            }
+            Wake::PeerJs(event) => {
+                let inputs = shell
+                    .peerjs
+                    .as_mut()
+                    .map(|s| s.inputs(event))
+                    .unwrap_or_default();
+                for input in inputs {
+                    shell.handle(input, now).await;
+                }
+            }
+            Wake::Peer(call, event) => shell.handle(Input::Peer { call, event }, now).await,
+            Wake::Request(request) => shell.request(request, now).await,
+            Wake::Deadline => {}
         }
-        shell.woke().await;
+        shell.woke(now).await;
     }
 
     shell.shut_down().await;

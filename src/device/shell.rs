@@ -49,8 +49,7 @@ impl Shell {
     }
 
     /// What every wake-up ends with: the watchdog ping and whatever fell due.
-    pub(super) async fn woke(&mut self) {
-        let now = Instant::now();
+    pub(super) async fn woke(&mut self, now: Instant) {
         self.notifier.watchdog(now);
         if let (Some(due), Some(interval)) = (self.watchdog_due, self.notifier.watchdog_interval())
             && now >= due
@@ -63,14 +62,14 @@ impl Shell {
         self.perform(actions).await;
     }
 
-    /// Hands `input` to the core and carries out what it returns.
-    pub(super) async fn handle(&mut self, input: Input) {
-        let actions = self.core.handle(input, Instant::now());
+    /// Hands `input` to the core at `now` and carries out what it returns.
+    pub(super) async fn handle(&mut self, input: Input, now: Instant) {
+        let actions = self.core.handle(input, now);
         self.perform(actions).await;
     }
 
     /// Answers one request of a button, a key or the control socket.
-    pub(super) async fn request(&mut self, request: Request) {
+    pub(super) async fn request(&mut self, request: Request, now: Instant) {
         let reply = match request.control {
             Control::Status => {
                 Ok(serde_json::to_string(&self.status()).expect("status serialises"))
@@ -88,7 +87,7 @@ impl Shell {
             }
             Control::Press(press) => {
                 self.reply = request.reply;
-                self.handle(Input::Press(press)).await;
+                self.handle(Input::Press(press), now).await;
                 // The core replies to every press; should it not, the asker hears that the
                 // daemon is gone rather than waiting.
                 self.reply = None;
@@ -122,7 +121,8 @@ impl Shell {
                 }
                 Action::CreatePeer { call, offer } => {
                     let input = self.create_peer(call, &offer).await;
-                    // The answer took a while: the core hears of it at the time it came.
+                    // Making the answer takes a while (tens of ms): the core hears of it at
+                    // the time it came, for the connect timeout and the set-up timings.
                     queue.extend(self.core.handle(input, Instant::now()));
                 }
                 Action::AddCandidates { call, candidates } => {
@@ -248,7 +248,7 @@ impl Shell {
 
     /// Ends every call (telling the viewers first) and darkens the indicators.
     pub(super) async fn shut_down(&mut self) {
-        self.handle(Input::Shutdown).await;
+        self.handle(Input::Shutdown, Instant::now()).await;
     }
 }
 
