@@ -97,7 +97,7 @@ impl Control {
         let line = line.trim();
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         let rest = rest.trim();
-        let reason = (!rest.is_empty()).then(|| rest.to_owned());
+        let reason = one_line(rest);
         match word {
             "accept" if reason.is_none() => Ok(Control::Press(Press::Accept)),
             "decline" => Ok(Control::Press(Press::Decline(reason))),
@@ -129,14 +129,8 @@ impl fmt::Display for Control {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let with_reason = |f: &mut fmt::Formatter<'_>, word: &str, reason: &Option<String>| {
             f.write_str(word)?;
-            match reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
-                Some(reason) => {
-                    let one_line: String = reason
-                        .chars()
-                        .map(|c| if c.is_control() { ' ' } else { c })
-                        .collect();
-                    write!(f, " {one_line}")
-                }
+            match reason.as_deref().and_then(one_line) {
+                Some(reason) => write!(f, " {reason}"),
                 None => Ok(()),
             }
         };
@@ -149,6 +143,17 @@ impl fmt::Display for Control {
             Control::FaultCamera => f.write_str("fault camera"),
         }
     }
+}
+
+/// A reason as one line: control characters (line breaks, tabs) become spaces, and
+/// nothing but spaces is no reason.
+fn one_line(reason: &str) -> Option<String> {
+    let spaced: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = spaced.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
 }
 
 /// The reply as the line the control socket sends (with its newline).
@@ -235,6 +240,18 @@ mod tests {
     }
 
     #[test]
+    fn a_reason_with_control_characters_becomes_one_line() {
+        assert_eq!(
+            Control::parse("decline a\tb\u{7}"),
+            Ok(Control::Press(Press::Decline(Some("a b".into()))))
+        );
+        assert_eq!(
+            Control::parse("hangup \u{7}"),
+            Ok(Control::Press(Press::Hangup(None)))
+        );
+    }
+
+    #[test]
     fn a_reason_with_line_breaks_stays_one_line() {
         let line = Control::Press(Press::Decline(Some("a\nstatus".into()))).to_string();
         assert!(!line.contains('\n'));
@@ -242,6 +259,31 @@ mod tests {
             Control::parse(&line),
             Ok(Control::Press(Press::Decline(Some("a status".into()))))
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_parses_or_is_refused_and_what_prints_reads_back(line in proptest::prop_oneof![
+            ".{0,80}",
+            "(accept|decline|hangup|dnd|status|fault)[ \t\u{7}\u{85}\u{2003}a-z]{0,20}",
+        ]) {
+            // Whatever a client sends, parsing answers; what parses prints as a line that
+            // parses to the same request.
+            if let Ok(control) = Control::parse(&line) {
+                let printed = control.to_string();
+                proptest::prop_assert!(!printed.contains('\n'));
+                proptest::prop_assert_eq!(Control::parse(&printed), Ok(control));
+            }
+        }
+
+        #[test]
+        fn any_reason_survives_the_line(reason in "[^\\p{Cc}]{1,60}") {
+            let reason = reason.trim().to_owned();
+            proptest::prop_assume!(!reason.is_empty());
+            // Reasons without control characters arrive as typed.
+            let control = Control::Press(Press::Hangup(Some(reason)));
+            proptest::prop_assert_eq!(Control::parse(&control.to_string()), Ok(control));
+        }
     }
 
     #[test]
