@@ -3,7 +3,7 @@
 //! what the ring LED, on-air LED and buzzer show.
 //!
 //! [`Doorbell`] takes [`Input`]s with the current time and returns [`Action`]s for the
-//! shell ([`super::shell`]) to carry out; [`Doorbell::next_deadline`] says when it next
+//! shell (`device::shell`, run by [`super::run`]) to carry out; [`Doorbell::next_deadline`] says when it next
 //! wants [`Doorbell::poll`] (a ring or connect timeout, the next blink of the ring LED or
 //! beep of the buzzer). It never reads a clock, opens a socket or touches GStreamer, so
 //! every policy is tested on simulated time (`super::tests`). Each call's own states are
@@ -387,10 +387,18 @@ impl Doorbell {
                 call::Action::SendDecline(reason) => out.push(to_caller(ToCaller::Decline(reason))),
                 call::Action::SendHangup(reason) => out.push(to_caller(ToCaller::Hangup(reason))),
                 call::Action::ClosePeer => out.push(Action::ClosePeer { call: id.into() }),
-                call::Action::Answer => out.push(Action::CreatePeer {
-                    call: id.into(),
-                    offer: self.calls[id].offer.clone(),
-                }),
+                call::Action::Answer => {
+                    // A call is answered once: the offer is not needed after.
+                    let offer = self
+                        .calls
+                        .get_mut(id)
+                        .map(|c| std::mem::take(&mut c.offer))
+                        .unwrap_or_default();
+                    out.push(Action::CreatePeer {
+                        call: id.into(),
+                        offer,
+                    });
+                }
                 call::Action::StateChanged(state, reason) => {
                     let reason = reason.unwrap_or_default();
                     info!(call = id, %caller, %state, %reason, "call");
