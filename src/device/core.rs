@@ -3,7 +3,7 @@
 //! what the ring LED, on-air LED and buzzer show.
 //!
 //! [`Doorbell`] takes [`Input`]s with the current time and returns [`Action`]s for the
-//! shell (`device::shell`, run by [`super::run`]) to carry out; [`Doorbell::next_deadline`] says when it next
+//! shell ([`super::run`]) to carry out; [`Doorbell::next_deadline`] says when it next
 //! wants [`Doorbell::poll`] (a ring or connect timeout, the next blink of the ring LED or
 //! beep of the buzzer). It never reads a clock, opens a socket or touches GStreamer, so
 //! every policy is tested on simulated time (`super::tests`). Each call's own states are
