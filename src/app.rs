@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::control::{Control, Request};
 use crate::device;
 use crate::gpio::{self, simulated};
 use crate::media::fanout::{BitrateSettings, Feed};
@@ -160,7 +161,7 @@ async fn decode_presses(
     mut edges: mpsc::UnboundedReceiver<gpio::Edge>,
     debounce: Duration,
     long_press: Duration,
-    commands: mpsc::Sender<gpio::Command>,
+    commands: mpsc::Sender<Request>,
 ) {
     let mut decoders: HashMap<gpio::ButtonId, gpio::PressDecoder> = HashMap::new();
     while let Some(edge) = edges.recv().await {
@@ -170,11 +171,8 @@ async fn decode_presses(
         if let Some(kind) = decoder.edge(edge.pressed, edge.at) {
             let press = gpio::press_for(edge.button, kind);
             info!(button = ?edge.button, ?kind, "button pressed");
-            let command = gpio::Command {
-                kind: gpio::CommandKind::Press(press),
-                reply: None,
-            };
-            if commands.send(command).await.is_err() {
+            let request = Request::unanswered(Control::Press(press));
+            if commands.send(request).await.is_err() {
                 return;
             }
         }

@@ -10,15 +10,21 @@
 //! ([`media::fanout`]) shares each access unit with every call and runs the camera only
 //! while someone watches; each call has its own peer connection ([`rtc`]) that packs the
 //! frames into RTP with timestamps from the encoder and turns PLI/FIR into keyframe
-//! requests. Calls are pure state machines ([`call`]) driven by the device task
-//! ([`device`]), which talks to the phonebook ([`signalling`]) over our versioned JSON
-//! protocol (`docs/protocol.md`). Presses come from [`gpio`] backends; [`config`] merges
-//! the board profile, the site config and the command line; [`app`] wires it all.
+//! requests. Each call is a pure state machine ([`call`]); every call on the device is
+//! held by a pure core ([`device::core`]: presses, do not disturb, the answer rules, the
+//! indicators, on simulated time in its tests) that a thin IO shell ([`device`]) feeds
+//! and obeys. Calls reach it through the caller's side ([`device::sides`]): our phonebook
+//! ([`signalling`]), spoken over our versioned JSON protocol (`docs/protocol.md`), or a
+//! PeerJS server; the events viewers get on the data channel and the status are
+//! [`signalling::events`]. Presses come from [`gpio`] backends, the terminal and the
+//! control socket, all as one [`control::Control`]; [`config`] merges the board
+//! profile, the site config and the command line; [`app`] wires it all.
 
 pub mod app;
 pub mod call;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod device;
 pub mod gpio;
 pub mod host;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use peercam::config::{AnswerPolicy, Settings};
-use peercam::gpio::simulated;
+use peercam::control::Control;
+use peercam::gpio::{Press, simulated};
 use peercam::{app, cli, media};
 use tokio_util::sync::CancellationToken;
 
@@ -261,21 +262,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             control,
         } => {
-            let word = match button {
-                Button::Accept => "accept",
-                Button::Decline => "decline",
-                Button::Hangup => "hangup",
-                Button::Dnd => "dnd",
+            let press = match button {
+                Button::Accept => Press::Accept,
+                Button::Decline => Press::Decline(reason),
+                Button::Hangup => Press::Hangup(reason),
+                Button::Dnd => Press::DoNotDisturb,
             };
-            let line = match reason {
-                Some(reason) if matches!(button, Button::Decline | Button::Hangup) => {
-                    format!("{word} {reason}")
-                }
-                _ => word.to_owned(),
-            };
-            control_command(control, &line).await
+            control_command(control, Control::Press(press)).await
         }
-        Command::Status { control } => control_command(control, "status").await,
+        Command::Status { control } => control_command(control, Control::Status).await,
         Command::Boards => {
             print!("{}", cli::boards());
             Ok(ExitCode::SUCCESS)
@@ -356,9 +351,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn control_command(control: Option<PathBuf>, line: &str) -> anyhow::Result<ExitCode> {
-    let path = app::control_path(control);
-    match simulated::send_control(&path, line).await? {
+async fn control_command(path: Option<PathBuf>, control: Control) -> anyhow::Result<ExitCode> {
+    let path = app::control_path(path);
+    match simulated::send_control(&path, &control.to_string()).await? {
         Ok(text) => {
             println!("{text}");
             Ok(ExitCode::SUCCESS)

@@ -1,9 +1,16 @@
 //! Keeps `docs/protocol.md` honest: every example in it must be a message our types accept
 //! and produce byte-for-byte (as JSON values), every message type must have an example, and
-//! the error table must only list codes that exist.
+//! the error table must only list codes that exist. The same holds for the camera's
+//! data-channel events, the control socket's lines and the status object.
 
 use std::collections::BTreeSet;
 
+use peercam::call::CallState;
+use peercam::control::Control;
+use peercam::gpio::{Levels, Press};
+use peercam::media::Codec;
+use peercam::media::fanout::FeedStats;
+use peercam::signalling::events::{CallStatus, DeviceEvent, Side, Status};
 use peercam::signalling::protocol::{ClientMessage, ErrorCode, ServerMessage};
 use serde_json::Value;
 
@@ -331,5 +338,144 @@ fn the_error_table_lists_real_codes() {
     assert!(
         undocumented.is_empty(),
         "error codes missing from the table: {undocumented:?}"
+    );
+}
+
+const EVENT_TAGS: &[&str] = &["accepted", "viewers", "ringing", "button", "shutting_down"];
+
+// No wildcard arm, as above: a new event stops the build until it is documented.
+fn event_tag(event: &DeviceEvent) -> &'static str {
+    match event {
+        DeviceEvent::Accepted => "accepted",
+        DeviceEvent::Viewers { .. } => "viewers",
+        DeviceEvent::Ringing { .. } => "ringing",
+        DeviceEvent::Button { .. } => "button",
+        DeviceEvent::ShuttingDown => "shutting_down",
+    }
+}
+
+#[test]
+fn data_channel_events_round_trip_and_each_has_an_example() {
+    let blocks = examples("json event");
+    assert!(blocks.len() >= EVENT_TAGS.len());
+    let mut documented = BTreeSet::new();
+    for example in blocks {
+        let expected = doc_value(&example);
+        let event: DeviceEvent = serde_json::from_value(expected.clone()).unwrap_or_else(|err| {
+            panic!(
+                "the event on line {} does not parse: {err}\n{}",
+                example.line, example.body
+            )
+        });
+        assert_eq!(
+            Some(event_tag(&event)),
+            expected.get("event").and_then(Value::as_str),
+            "line {}",
+            example.line
+        );
+        // What the data channel carries is `to_text`.
+        let back: Value = serde_json::from_str(&event.to_text()).expect("to_text is JSON");
+        assert_eq!(
+            back, expected,
+            "the event on line {} does not serialise back to itself",
+            example.line
+        );
+        documented.insert(event_tag(&event));
+    }
+    let missing: Vec<&&str> = EVENT_TAGS
+        .iter()
+        .filter(|tag| !documented.contains(**tag))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no `json event` example for {missing:?}"
+    );
+}
+
+#[test]
+fn control_lines_parse_and_print_back_and_every_request_is_shown() {
+    let blocks = examples("text control");
+    assert_eq!(blocks.len(), 1, "one block of control lines");
+    let mut kinds = BTreeSet::new();
+    for line in blocks[0].body.lines() {
+        let control = Control::parse(line)
+            .unwrap_or_else(|err| panic!("control line {line:?} in the doc: {err}"));
+        assert_eq!(control.to_string(), line, "prints back as written");
+        kinds.insert(match control {
+            Control::Press(Press::Accept) => "accept",
+            Control::Press(Press::Decline(_)) => "decline",
+            Control::Press(Press::Hangup(_)) => "hangup",
+            Control::Press(Press::DoNotDisturb) => "dnd",
+            Control::Status => "status",
+            Control::FaultCamera => "fault camera",
+        });
+    }
+    assert_eq!(
+        kinds.len(),
+        6,
+        "every kind of request has a line: {kinds:?}"
+    );
+}
+
+#[test]
+fn the_status_example_is_what_status_prints() {
+    let blocks = examples("json status");
+    assert_eq!(blocks.len(), 1, "one status example");
+    // Status is only ever printed, so the example is checked against a status built with
+    // its values: every field, name and nesting must be what the type serialises.
+    let call = |id: &str, caller: &str, via, state, video| CallStatus {
+        id: id.into(),
+        caller: caller.into(),
+        via,
+        state,
+        video,
+        played_audio_buffers: 0,
+    };
+    let status = Status {
+        name: "front-door".into(),
+        registered: true,
+        peerjs: Some(true),
+        camera_running: true,
+        dnd: false,
+        indicators: Levels {
+            ring_led: true,
+            on_air_led: true,
+            buzzer: false,
+        },
+        viewers: 1,
+        feed: FeedStats {
+            frames: 5400,
+            keyframes: 90,
+            forced_keyframes: 2,
+            skipped: 0,
+            starts: 1,
+            failures: 0,
+            bitrate_kbps: 2000,
+            bitrate_changes: 0,
+            estimates: 12,
+        },
+        microphone: None,
+        calls: vec![
+            call(
+                "c-7f3a9e2b",
+                "Ray",
+                Side::Phonebook,
+                CallState::Established,
+                Some(Codec::H264),
+            ),
+            call(
+                "peerjs-mc_2b7e",
+                "Peter",
+                Side::PeerJs,
+                CallState::Ringing,
+                None,
+            ),
+        ],
+    };
+    assert_eq!(
+        serde_json::to_value(&status).unwrap(),
+        doc_value(&blocks[0]),
+        "the status example on line {}",
+        blocks[0].line
     );
 }

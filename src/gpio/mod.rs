@@ -1,8 +1,9 @@
 //! The buttons a person at the device presses, the lights and buzzer that answer, and
 //! how presses reach the daemon.
 //!
-//! Every source turns presses into [`Command`]s on one channel, so the daemon does not
-//! know whether a press came from a GPIO pin, a terminal key or the control socket. Pin
+//! Every source turns presses into [`crate::control::Request`]s on one channel, so the
+//! daemon does not know whether a press came from a GPIO pin, a terminal key or the
+//! control socket. Pin
 //! backends ([`rpi`] through rppal, [`cdev`] through the GPIO character device) report
 //! raw [`Edge`]s with the kernel's timestamps; [`PressDecoder`] turns them into short and
 //! long presses, so debounce and long-press rules are tested without pins. Outputs go
@@ -17,9 +18,10 @@ pub mod simulated;
 use std::time::Duration;
 
 use anyhow::bail;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::{GpioBackend, GpioSettings};
+use crate::signalling::events::Button;
 
 /// A button press.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +38,12 @@ pub enum Press {
 
 impl Press {
     /// The button's name, as sent to viewers.
-    pub fn button(&self) -> &'static str {
+    pub fn button(&self) -> Button {
         match self {
-            Press::Accept => "accept",
-            Press::Decline(_) => "decline",
-            Press::Hangup(_) => "hangup",
-            Press::DoNotDisturb => "dnd",
+            Press::Accept => Button::Accept,
+            Press::Decline(_) => Button::Decline,
+            Press::Hangup(_) => Button::Hangup,
+            Press::DoNotDisturb => Button::Dnd,
         }
     }
 }
@@ -170,9 +172,26 @@ pub fn indicator_levels(ringing_for: Option<Duration>, watching: bool) -> Levels
     Levels {
         ring_led: ring_phase(2 * BLINK.as_millis(), BLINK.as_millis()),
         on_air_led: watching,
-        buzzer: ring_phase(2000, 400),
+        buzzer: ring_phase(BUZZER_PERIOD_MS, BUZZER_ON_MS),
     }
 }
+
+/// How long after `ringing_for` of ringing [`indicator_levels`] next changes (the ring
+/// LED's or the buzzer's next edge), so the daemon wakes for it rather than polling.
+pub fn next_indicator_change(ringing_for: Duration) -> Duration {
+    let ms = ringing_for.as_millis();
+    let next_edge = |period: u128, on: u128| {
+        let phase = ms % period;
+        ms - phase + if phase < on { on } else { period }
+    };
+    let blink = BLINK.as_millis();
+    let next = next_edge(2 * blink, blink).min(next_edge(BUZZER_PERIOD_MS, BUZZER_ON_MS));
+    Duration::from_millis(u64::try_from(next).unwrap_or(u64::MAX)).saturating_sub(ringing_for)
+}
+
+/// The buzzer's beep period and length, in ms.
+const BUZZER_PERIOD_MS: u128 = 2000;
+const BUZZER_ON_MS: u128 = 400;
 
 /// Outputs a person sees or hears.
 pub trait Indicators: Send {
@@ -241,49 +260,6 @@ pub fn outputs(settings: &GpioSettings) -> Vec<(Output, crate::config::PinSettin
     .into_iter()
     .filter_map(|(id, pin)| pin.map(|p| (id, p)))
     .collect()
-}
-
-/// A request to the daemon, with where its one-line reply goes.
-#[derive(Debug)]
-pub struct Command {
-    /// What is asked.
-    pub kind: CommandKind,
-    /// Gets `Ok(text)` or `Err(text)`.
-    pub reply: Option<oneshot::Sender<Result<String, String>>>,
-}
-
-/// What a command asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandKind {
-    /// A button press.
-    Press(Press),
-    /// The daemon's status as one JSON line.
-    Status,
-    /// Make the camera pipeline fail as if the camera went away (to check that it is
-    /// rebuilt and calls resume).
-    FaultCamera,
-}
-
-impl CommandKind {
-    /// Parses one line of the control protocol: `accept`, `decline [reason]`,
-    /// `hangup [reason]`, `dnd`, `status` or `fault camera`.
-    pub fn parse(line: &str) -> Result<Self, String> {
-        let line = line.trim();
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let rest = rest.trim();
-        let reason = (!rest.is_empty()).then(|| rest.to_owned());
-        match word {
-            "accept" if reason.is_none() => Ok(CommandKind::Press(Press::Accept)),
-            "decline" => Ok(CommandKind::Press(Press::Decline(reason))),
-            "hangup" => Ok(CommandKind::Press(Press::Hangup(reason))),
-            "dnd" if reason.is_none() => Ok(CommandKind::Press(Press::DoNotDisturb)),
-            "status" if reason.is_none() => Ok(CommandKind::Status),
-            "fault" if rest == "camera" => Ok(CommandKind::FaultCamera),
-            _ => Err(format!(
-                "unknown command {line:?}: use accept, decline [reason], hangup [reason], dnd or status"
-            )),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -356,24 +332,20 @@ mod tests {
     }
 
     #[test]
-    fn control_lines_parse() {
-        assert_eq!(
-            CommandKind::parse("accept\n"),
-            Ok(CommandKind::Press(Press::Accept))
-        );
-        assert_eq!(
-            CommandKind::parse("decline Not now"),
-            Ok(CommandKind::Press(Press::Decline(Some("Not now".into()))))
-        );
-        assert_eq!(
-            CommandKind::parse("decline"),
-            Ok(CommandKind::Press(Press::Decline(None)))
-        );
-        assert_eq!(
-            CommandKind::parse("dnd"),
-            Ok(CommandKind::Press(Press::DoNotDisturb))
-        );
-        assert!(CommandKind::parse("accept twice").is_err());
-        assert!(CommandKind::parse("launch").is_err());
+    fn the_next_change_is_the_next_edge_of_either_output() {
+        assert_eq!(next_indicator_change(ms(0)), ms(250));
+        assert_eq!(next_indicator_change(ms(100)), ms(150));
+        assert_eq!(next_indicator_change(ms(380)), ms(20));
+        assert_eq!(next_indicator_change(ms(1999)), ms(1));
+        // At every step the levels hold until the predicted change, and differ after it.
+        let mut t = ms(0);
+        for _ in 0..40 {
+            let step = next_indicator_change(t);
+            assert!(step > Duration::ZERO);
+            let before = indicator_levels(Some(t + step - ms(1)), false);
+            assert_eq!(indicator_levels(Some(t), false), before);
+            assert_ne!(indicator_levels(Some(t + step), false), before);
+            t += step;
+        }
     }
 }

@@ -9,14 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Command, CommandKind, Press};
-
-/// Longest accepted control line.
-const MAX_LINE: usize = 4096;
+use crate::control::{self, Control, ControlError, MAX_LINE, Reply, Request};
 
 /// Where the control socket goes when the settings do not say.
 pub fn default_control_path() -> PathBuf {
@@ -28,10 +25,10 @@ pub fn default_control_path() -> PathBuf {
 }
 
 /// Listens on the control socket at `path` until `shutdown`, passing each line on as a
-/// [`Command`]. Refuses to start if another daemon answers there.
+/// [`Request`]. Refuses to start if another daemon answers there.
 pub async fn serve_control_socket(
     path: &Path,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Request>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if path.exists() {
@@ -65,7 +62,7 @@ pub async fn serve_control_socket(
     }))
 }
 
-async fn control_client(stream: UnixStream, commands: mpsc::Sender<Command>) {
+async fn control_client(stream: UnixStream, commands: mpsc::Sender<Request>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64 * 16));
     let mut line = String::new();
@@ -79,38 +76,31 @@ async fn control_client(stream: UnixStream, commands: mpsc::Sender<Command>) {
                 return;
             }
         }
-        let reply = if line.len() > MAX_LINE {
-            Err(format!("line longer than {MAX_LINE} bytes"))
-        } else {
-            match CommandKind::parse(&line) {
-                Ok(kind) => ask(&commands, kind).await,
-                Err(err) => Err(err),
-            }
+        let reply = match Control::parse(&line) {
+            Ok(control) => ask(&commands, control).await,
+            Err(err) => Err(err),
         };
-        let text = match reply {
-            Ok(text) => format!("ok {text}\n"),
-            Err(text) => format!("error {text}\n"),
-        };
-        if write.write_all(text.as_bytes()).await.is_err() {
+        if write
+            .write_all(control::reply_line(&reply).as_bytes())
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
-async fn ask(commands: &mpsc::Sender<Command>, kind: CommandKind) -> Result<String, String> {
-    let (tx, rx) = oneshot::channel();
+async fn ask(commands: &mpsc::Sender<Request>, control: Control) -> Reply {
+    let (request, reply) = Request::answered(control);
     commands
-        .send(Command {
-            kind,
-            reply: Some(tx),
-        })
+        .send(request)
         .await
-        .map_err(|_| "the daemon is shutting down".to_string())?;
-    rx.await
-        .unwrap_or_else(|_| Err("the daemon is shutting down".into()))
+        .map_err(|_| ControlError::ShuttingDown)?;
+    reply.await.unwrap_or(Err(ControlError::ShuttingDown))
 }
 
-/// Sends one command line to the daemon's control socket and returns its reply.
+/// Sends one request line to the daemon's control socket and returns its reply: the text
+/// after `ok`, or the daemon's error text.
 pub async fn send_control(path: &Path, line: &str) -> anyhow::Result<Result<String, String>> {
     let stream = UnixStream::connect(path).await.with_context(|| {
         format!(
@@ -129,19 +119,13 @@ pub async fn send_control(path: &Path, line: &str) -> anyhow::Result<Result<Stri
     )
     .await
     .context("the daemon did not reply within 10 s")??;
-    let reply = reply.trim_end();
-    Ok(match reply.split_once(' ') {
-        Some(("ok", text)) => Ok(text.to_owned()),
-        Some(("error", text)) => Err(text.to_owned()),
-        _ if reply == "ok" => Ok(String::new()),
-        _ => Err(format!("unexpected reply {reply:?}")),
-    })
+    Ok(control::parse_reply(&reply))
 }
 
 /// Reads single keys from the terminal (`a` accept, `d` decline, `h` hang up, `n` do
 /// not disturb on/off) when
 /// standard input is one. Returns `None` otherwise (under systemd, in tests).
-pub fn terminal_keys(commands: mpsc::Sender<Command>) -> Option<TerminalGuard> {
+pub fn terminal_keys(commands: mpsc::Sender<Request>) -> Option<TerminalGuard> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return None;
@@ -158,24 +142,16 @@ pub fn terminal_keys(commands: mpsc::Sender<Command>) -> Option<TerminalGuard> {
             use std::io::Read;
             let mut byte = [0u8; 1];
             while let Ok(1) = std::io::stdin().read(&mut byte) {
-                let press = match byte[0] {
-                    b'a' | b'A' => Press::Accept,
-                    b'd' | b'D' => Press::Decline(None),
-                    b'h' | b'H' => Press::Hangup(None),
-                    b'n' | b'N' => Press::DoNotDisturb,
-                    _ => continue,
+                let Some(control) = Control::from_key(byte[0]) else {
+                    continue;
                 };
-                let (tx, rx) = oneshot::channel();
-                let command = Command {
-                    kind: CommandKind::Press(press),
-                    reply: Some(tx),
-                };
-                if commands.blocking_send(command).is_err() {
+                let (request, reply) = Request::answered(control);
+                if commands.blocking_send(request).is_err() {
                     break;
                 }
-                match rx.blocking_recv() {
+                match reply.blocking_recv() {
                     Ok(Ok(text)) => eprintln!("  {text}"),
-                    Ok(Err(text)) => eprintln!("  {text}"),
+                    Ok(Err(err)) => eprintln!("  {err}"),
                     Err(_) => break,
                 }
             }

@@ -1,7 +1,9 @@
-//! Signalling: the protocol types, the phonebook server, and the device's client.
+//! Signalling: the protocol types, the phonebook server, the device's client, and the
+//! events the device sends beside the protocol.
 
 pub mod access;
 pub mod client;
+pub mod events;
 mod http;
 pub mod limits;
 mod mailbox;
