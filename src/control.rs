@@ -10,7 +10,18 @@ use std::fmt;
 
 use tokio::sync::oneshot;
 
-use crate::gpio::Press;
+/// A button press.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Press {
+    /// Accept the oldest ringing call.
+    Accept,
+    /// Decline the oldest ringing call, with this reason or the board's.
+    Decline(Option<String>),
+    /// End every call, with this reason or a default.
+    Hangup(Option<String>),
+    /// Turn do-not-disturb on or off (a long press of decline).
+    DoNotDisturb,
+}
 
 /// Longest accepted control line, in bytes.
 pub const MAX_LINE: usize = 4096;

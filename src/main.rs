@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use peercam::config::{AnswerPolicy, Settings};
-use peercam::control::Control;
-use peercam::gpio::{Press, simulated};
+use peercam::control::{Control, Press};
+use peercam::gpio::simulated;
 use peercam::{app, cli, media};
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use peercam::config::{BOARDS, GpioBackend, Settings};
+use peercam::config::{BOARDS, Settings};
+use peercam::gpio::settings::GpioBackend;
 use peercam::media::settings::{InputFormat, SourceKind};
 use peercam::media::{self, choose, encode, pipeline};
 

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use peercam::call::CallState;
 use peercam::control::Control;
-use peercam::gpio::{Levels, Press};
+use peercam::control::Press;
+use peercam::gpio::Levels;
 use peercam::media::Codec;
 use peercam::media::fanout::FeedStats;
 use peercam::signalling::events::{CallStatus, DeviceEvent, Side, Status};

@@ -18,9 +18,10 @@ use tracing::{debug, info};
 pub use super::messages::{Action, Config, Input, Notify, ToCaller};
 use crate::call::{self, Call, CallState};
 use crate::control::ControlError;
-use crate::gpio::{Levels, Press, indicator_levels, next_indicator_change};
+use crate::control::Press;
+use crate::gpio::{Levels, indicator_levels, next_indicator_change};
 use crate::rtc::PeerEvent;
-use crate::signalling::events::{DeviceEvent, Side};
+use crate::signalling::events::{Button, DeviceEvent, Side};
 use crate::signalling::protocol::IceCandidate;
 
 mod lifecycle;
@@ -355,7 +356,7 @@ impl Doorbell {
             self.pending_accept = None;
             self.reply(
                 Ok(format!("accepted the call from {caller}")),
-                Press::Accept.button(),
+                Button::from(&Press::Accept),
                 out,
             );
         }
@@ -442,7 +443,7 @@ impl Doorbell {
                 self.pending_accept = None;
                 self.reply(
                     Err(ControlError::NotAnswered(caller)),
-                    Press::Accept.button(),
+                    Button::from(&Press::Accept),
                     out,
                 );
             }

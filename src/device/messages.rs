@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::call::AnswerRules;
+use crate::control::Press;
 use crate::control::Reply;
-use crate::gpio::{Levels, Press};
+use crate::gpio::Levels;
 use crate::rtc::PeerEvent;
 use crate::signalling::events::{DeviceEvent, Side};
 use crate::signalling::protocol::{IceCandidate, Presence};

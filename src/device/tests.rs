@@ -10,7 +10,8 @@ use super::core::{
 };
 use crate::call::{AnswerRules, BUSY, CONNECT_FAILED, CONNECT_TIMEOUT, CallState, NO_ANSWER};
 use crate::control::ControlError;
-use crate::gpio::{Levels, Press};
+use crate::control::Press;
+use crate::gpio::Levels;
 use crate::rtc::PeerEvent;
 use crate::signalling::events::{Button, DeviceEvent, Side};
 use crate::signalling::protocol::{IceCandidate, Presence};

@@ -11,8 +11,8 @@ use gpiocdev::request::Request;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::settings::{Bias, GpioSettings};
 use super::{Edge, Indicators, Output};
-use crate::config::{Bias, GpioSettings};
 
 /// Open lines; outputs go dark on drop.
 pub struct CdevGpio {

@@ -9,44 +9,21 @@
 //! long presses, so debounce and long-press rules are tested without pins. Outputs go
 //! through the [`Indicators`] trait; [`indicator_levels`] says what they should show.
 
+mod backend;
 #[cfg(feature = "cdev")]
 pub mod cdev;
 #[cfg(feature = "rpi")]
 pub mod rpi;
+pub mod settings;
 pub mod simulated;
+
+pub use backend::open;
 
 use std::time::Duration;
 
-use anyhow::bail;
-use tokio::sync::mpsc;
+use settings::{GpioSettings, PinSettings};
 
-use crate::config::{GpioBackend, GpioSettings};
-use crate::signalling::events::Button;
-
-/// A button press.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Press {
-    /// Accept the oldest ringing call.
-    Accept,
-    /// Decline the oldest ringing call, with this reason or the board's.
-    Decline(Option<String>),
-    /// End every call, with this reason or a default.
-    Hangup(Option<String>),
-    /// Turn do-not-disturb on or off (a long press of decline).
-    DoNotDisturb,
-}
-
-impl Press {
-    /// The button's name, as sent to viewers.
-    pub fn button(&self) -> Button {
-        match self {
-            Press::Accept => Button::Accept,
-            Press::Decline(_) => Button::Decline,
-            Press::Hangup(_) => Button::Hangup,
-            Press::DoNotDisturb => Button::Dnd,
-        }
-    }
-}
+use crate::control::Press;
 
 /// A physical button.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -206,40 +183,8 @@ pub trait Indicators: Send {
     }
 }
 
-/// Opens the board's pins: buttons start sending edges on `edges`; the returned outputs
-/// go dark when dropped. With backend `none` there are no pins and the outputs are logged.
-pub fn open(
-    settings: &GpioSettings,
-    edges: mpsc::UnboundedSender<Edge>,
-) -> anyhow::Result<Box<dyn Indicators>> {
-    match settings.backend {
-        GpioBackend::None => {
-            drop(edges);
-            Ok(Box::new(simulated::LoggedIndicators::default()))
-        }
-        #[cfg(feature = "rpi")]
-        GpioBackend::Rppal => Ok(Box::new(rpi::RpiGpio::open(settings, edges)?)),
-        #[cfg(feature = "cdev")]
-        GpioBackend::Cdev => Ok(Box::new(cdev::CdevGpio::open(settings, edges)?)),
-        #[allow(unreachable_patterns)]
-        other => bail!(
-            "this build has no {other:?} GPIO backend: rebuild with the feature {} (cargo build --features {})",
-            if other == GpioBackend::Rppal {
-                "rpi"
-            } else {
-                "cdev"
-            },
-            if other == GpioBackend::Rppal {
-                "rpi"
-            } else {
-                "cdev"
-            },
-        ),
-    }
-}
-
 /// The buttons a board has, with their pins.
-pub fn buttons(settings: &GpioSettings) -> Vec<(ButtonId, crate::config::PinSettings)> {
+pub fn buttons(settings: &GpioSettings) -> Vec<(ButtonId, PinSettings)> {
     [
         (ButtonId::Accept, settings.accept),
         (ButtonId::Decline, settings.decline),
@@ -251,7 +196,7 @@ pub fn buttons(settings: &GpioSettings) -> Vec<(ButtonId, crate::config::PinSett
 }
 
 /// The outputs a board has, with their pins.
-pub fn outputs(settings: &GpioSettings) -> Vec<(Output, crate::config::PinSettings)> {
+pub fn outputs(settings: &GpioSettings) -> Vec<(Output, PinSettings)> {
     [
         (Output::RingLed, settings.ring_led),
         (Output::OnAirLed, settings.on_air_led),

@@ -10,8 +10,8 @@ use anyhow::{Context, anyhow};
 use rppal::gpio::{Gpio, InputPin, OutputPin, Trigger};
 use tokio::sync::mpsc;
 
+use super::settings::{Bias, GpioSettings, PinSettings};
 use super::{Edge, Indicators, Output};
-use crate::config::{Bias, GpioSettings, PinSettings};
 
 /// Open pins; inputs keep their interrupts while this lives, outputs go dark on drop.
 pub struct RpiGpio {

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::call::CallState;
+use crate::control::Press;
 use crate::gpio::Levels;
 use crate::media::Codec;
 use crate::media::fanout::FeedStats;
@@ -32,6 +33,18 @@ pub enum Button {
     Hangup,
     /// Do not disturb on/off (the decline button held).
     Dnd,
+}
+
+impl From<&Press> for Button {
+    /// The button a press stands for, as viewers are told of it.
+    fn from(press: &Press) -> Button {
+        match press {
+            Press::Accept => Button::Accept,
+            Press::Decline(_) => Button::Decline,
+            Press::Hangup(_) => Button::Hangup,
+            Press::DoNotDisturb => Button::Dnd,
+        }
+    }
 }
 
 /// An event the camera sends on a call's data channel, as one JSON text message.

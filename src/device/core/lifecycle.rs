@@ -3,8 +3,9 @@
 
 use super::{Action, Doorbell, FLUSH_LIMIT, HUNG_UP_AT_THE_DEVICE, Notify, SHUTTING_DOWN};
 use crate::call::{self, CallState};
+use crate::control::Press;
 use crate::control::{ControlError, Reply};
-use crate::gpio::{Levels, Press};
+use crate::gpio::Levels;
 use crate::signalling::events::{Button, DeviceEvent, Side};
 use crate::signalling::protocol::Presence;
 use tracing::{info, warn};
@@ -67,7 +68,7 @@ impl Doorbell {
     }
 
     pub(super) fn press(&mut self, press: Press, out: &mut Vec<Action>) {
-        let button = press.button();
+        let button = Button::from(&press);
         let reply = match press {
             Press::Accept => match self.oldest_ringing() {
                 Some(id) => {
