@@ -3,6 +3,7 @@
 pub mod access;
 pub mod client;
 mod http;
+mod hub;
 pub mod limits;
 mod mailbox;
 pub mod peerjs;

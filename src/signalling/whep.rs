@@ -13,24 +13,27 @@
 //! the answer.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::access::{Identity, Refused};
+use super::hub::PhonebookHandle;
+use super::mailbox::Outgoing;
 use super::phonebook::ConnId;
 use super::protocol::{
     ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Secret, ServerMessage,
 };
-use super::server::{Outgoing, PhonebookServer};
 
 /// Largest offer or candidate fragment accepted, in bytes.
 pub const MAX_SDP_BYTES: usize = 32 * 1024;
@@ -46,6 +49,29 @@ const MAX_SESSIONS: usize = 64;
 
 /// The caller name of a player when no tokens are configured.
 const ANONYMOUS_VIEWER: &str = "WHEP viewer";
+
+/// What WHEP's handlers share: the phonebook, reached through its handle, and the
+/// sessions open on it.
+#[derive(Clone)]
+pub(super) struct WhepState {
+    phonebook: PhonebookHandle,
+    sessions: Arc<Whep>,
+}
+
+/// WHEP's routes on the phonebook behind `phonebook`, with its sessions kept in
+/// `sessions`.
+pub(super) fn routes(phonebook: PhonebookHandle, sessions: Arc<Whep>) -> Router {
+    Router::new()
+        .route("/whep/{callee}", post(offer).options(options))
+        .route(
+            "/whep/{callee}/{session}",
+            patch(patch_session).delete(delete).options(options),
+        )
+        .with_state(WhepState {
+            phonebook,
+            sessions,
+        })
+}
 
 /// The WHEP sessions open on a phonebook.
 #[derive(Debug, Default)]
@@ -86,20 +112,21 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Who a request speaks for, by the phonebook's access rules, or why it may not.
-fn viewer(server: &PhonebookServer, headers: &HeaderMap) -> Result<Identity, Problem> {
+fn viewer(server: &WhepState, headers: &HeaderMap) -> Result<Identity, Problem> {
     server
+        .phonebook
         .identify(bearer(headers).as_deref())
         .map_err(Problem::from)
 }
 
 /// `OPTIONS /whep/<callee>`: CORS, what may be posted, and (to a known viewer) the ICE
 /// servers as `Link` headers.
-pub async fn options(State(server): State<PhonebookServer>, headers: HeaderMap) -> Response {
+async fn options(State(server): State<WhepState>, headers: HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let out = response.headers_mut();
     out.insert("accept-post", HeaderValue::from_static("application/sdp"));
     if viewer(&server, &headers).is_ok() {
-        for link in ice_links(&server.ice_servers()) {
+        for link in ice_links(&server.phonebook.ice_servers()) {
             if let Ok(value) = HeaderValue::from_str(&link) {
                 out.append(header::LINK, value);
             }
@@ -110,8 +137,8 @@ pub async fn options(State(server): State<PhonebookServer>, headers: HeaderMap) 
 
 /// `POST /whep/<callee>`: rings the camera with the player's offer and answers once it
 /// is accepted.
-pub async fn offer(
-    State(server): State<PhonebookServer>,
+async fn offer(
+    State(server): State<WhepState>,
     Path(callee): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -120,7 +147,7 @@ pub async fn offer(
 }
 
 async fn post_offer(
-    server: PhonebookServer,
+    server: WhepState,
     callee: String,
     headers: HeaderMap,
     body: Bytes,
@@ -129,7 +156,7 @@ async fn post_offer(
         Ok(viewer) => viewer,
         Err(refused) => return refused.into_response(),
     };
-    if let Err(refused) = server.may_call(&viewer, &callee) {
+    if let Err(refused) = server.phonebook.may_call(&viewer, &callee) {
         return Problem::from(refused).into_response();
     }
     let content_type = headers
@@ -157,26 +184,27 @@ async fn post_offer(
             &format!("not a usable offer: {why}"),
         );
     }
-    if !server.has_callee(&callee) {
+    if !server.phonebook.has_callee(&callee) {
         return problem(
             StatusCode::NOT_FOUND,
             &format!("no camera is registered as {callee:?}"),
         );
     }
-    if server.whep().sessions() >= MAX_SESSIONS {
+    if server.sessions.sessions() >= MAX_SESSIONS {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "too many WHEP sessions");
     }
 
     let call_id = format!("whep-{:016x}", rand::random::<u64>());
-    let (conn, mut incoming) = server.open();
+    let opened = server.phonebook.open();
+    let (conn, mut incoming) = (opened.conn, opened.outgoing);
     // Whatever happens to this request from here (the player gives up while it rings,
     // the camera declines), the phonebook connection closes and the call with it.
     let mut hangup = Hangup {
-        server: server.clone(),
+        phonebook: server.phonebook.clone(),
         conn,
         armed: true,
     };
-    server.message(
+    server.phonebook.message(
         conn,
         ClientMessage::Hello {
             version: PROTOCOL_VERSION,
@@ -184,7 +212,7 @@ async fn post_offer(
             token: bearer(&headers).map(Secret),
         },
     );
-    server.message(
+    server.phonebook.message(
         conn,
         ClientMessage::Call {
             call_id: call_id.clone(),
@@ -210,7 +238,7 @@ async fn post_offer(
     let answer = with_candidates(&answer, &candidates);
 
     let ended = CancellationToken::new();
-    server.whep().lock().insert(
+    server.sessions.lock().insert(
         call_id.clone(),
         Session {
             conn,
@@ -245,7 +273,7 @@ async fn post_offer(
         "accept-patch",
         HeaderValue::from_static("application/trickle-ice-sdpfrag"),
     );
-    for link in ice_links(&server.ice_servers()) {
+    for link in ice_links(&server.phonebook.ice_servers()) {
         if let Ok(value) = HeaderValue::from_str(&link) {
             out.append(header::LINK, value);
         }
@@ -254,8 +282,8 @@ async fn post_offer(
 }
 
 /// `PATCH /whep/<callee>/<session>`: the player's trickled candidates.
-pub async fn patch(
-    State(server): State<PhonebookServer>,
+async fn patch_session(
+    State(server): State<WhepState>,
     Path((callee, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -282,7 +310,7 @@ pub async fn patch(
     }
     let text = String::from_utf8_lossy(&body);
     for candidate in fragment_candidates(&text) {
-        server.message(
+        server.phonebook.message(
             conn,
             ClientMessage::Candidate {
                 call_id: session.clone(),
@@ -294,8 +322,8 @@ pub async fn patch(
 }
 
 /// `DELETE /whep/<callee>/<session>`: the player leaves.
-pub async fn delete(
-    State(server): State<PhonebookServer>,
+async fn delete(
+    State(server): State<WhepState>,
     Path((callee, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -303,14 +331,14 @@ pub async fn delete(
         Ok(conn) => conn,
         Err(refused) => return with_cors(refused.into_response()),
     };
-    server.message(
+    server.phonebook.message(
         conn,
         ClientMessage::Hangup {
             call_id: session.clone(),
             reason: "viewer left".into(),
         },
     );
-    if let Some(entry) = server.whep().lock().remove(&session) {
+    if let Some(entry) = server.sessions.lock().remove(&session) {
         entry.ended.cancel();
     }
     info!(%callee, call = %session, "WHEP player left");
@@ -318,13 +346,13 @@ pub async fn delete(
 }
 
 fn owned_session(
-    server: &PhonebookServer,
+    server: &WhepState,
     callee: &str,
     session: &str,
     headers: &HeaderMap,
 ) -> Result<ConnId, Problem> {
     let viewer = viewer(server, headers)?;
-    let sessions = server.whep().lock();
+    let sessions = server.sessions.lock();
     match sessions.get(session) {
         Some(entry) if entry.callee == callee && entry.viewer == viewer => Ok(entry.conn),
         _ => Err(Problem(
@@ -405,7 +433,7 @@ async fn gather(incoming: &mut mpsc::Receiver<Outgoing>, call_id: &str) -> Vec<I
 
 /// Keeps the session's phonebook connection open until either end hangs up.
 async fn watch_session(
-    server: PhonebookServer,
+    server: WhepState,
     call_id: String,
     conn: ConnId,
     mut incoming: mpsc::Receiver<Outgoing>,
@@ -424,17 +452,18 @@ async fn watch_session(
             },
         }
     }
-    server.whep().lock().remove(&call_id);
-    server.close(conn);
+    server.sessions.lock().remove(&call_id);
+    server.phonebook.close(conn);
 }
 
 async fn next_message(incoming: &mut mpsc::Receiver<Outgoing>) -> Option<ServerMessage> {
     loop {
         match incoming.recv().await? {
-            Outgoing::Text(text) => match serde_json::from_str(&text) {
-                Ok(message) => return Some(message),
-                Err(err) => debug!(%err, "unreadable phonebook message"),
-            },
+            Outgoing::Message(letter) => {
+                if let Some(message) = letter.into_message() {
+                    return Some(message);
+                }
+            }
             Outgoing::Close | Outgoing::GoingAway => return None,
             Outgoing::Ping => {}
         }
@@ -443,7 +472,7 @@ async fn next_message(incoming: &mut mpsc::Receiver<Outgoing>) -> Option<ServerM
 
 /// Closes a phonebook connection when dropped, unless disarmed.
 struct Hangup {
-    server: PhonebookServer,
+    phonebook: PhonebookHandle,
     conn: ConnId,
     armed: bool,
 }
@@ -451,7 +480,7 @@ struct Hangup {
 impl Drop for Hangup {
     fn drop(&mut self) {
         if self.armed {
-            self.server.close(self.conn);
+            self.phonebook.close(self.conn);
         }
     }
 }
