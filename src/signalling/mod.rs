@@ -10,6 +10,7 @@ pub mod peerjs;
 pub mod phonebook;
 pub mod protocol;
 pub mod sanitize;
+pub mod sdp;
 pub mod server;
 mod socket;
 pub mod whep;

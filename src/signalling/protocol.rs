@@ -414,6 +414,10 @@ impl ClientMessage {
     }
 }
 
+/// Longest SDP (offer or answer) relayed, and longest WHEP offer or candidate fragment
+/// accepted, in bytes.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+
 /// The length of `value` as JSON text, counted as it is written out and not kept.
 pub fn wire_len(value: &impl Serialize) -> usize {
     struct Count(usize);
