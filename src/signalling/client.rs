@@ -10,10 +10,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
+use super::backoff::Backoff;
 use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Secret, ServerMessage};
 
-const FIRST_PAUSE: Duration = Duration::from_millis(250);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the device pings the phonebook. A phonebook that drops the connection
 /// closes it, which the device sees at once; these find a connection that died silently
@@ -61,19 +60,18 @@ pub async fn run(
     events: mpsc::UnboundedSender<ClientEvent>,
     mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
 ) {
-    let mut pause = FIRST_PAUSE;
+    let mut backoff = Backoff::reconnect();
     loop {
         let outcome = session(&url, &registration, &events, &mut outgoing).await;
         match outcome {
             Ok(true) => return,
-            Ok(false) => pause = FIRST_PAUSE,
+            Ok(false) => backoff.reset(),
             Err(err) => {
                 warn!(%url, "phonebook: {err:#}");
                 let _ = events.send(ClientEvent::Disconnected(format!("{err:#}")));
             }
         }
-        let jitter = rand::random_range(0.8..1.2);
-        let wait = pause.mul_f64(jitter);
+        let wait = backoff.pause();
         debug!(
             wait_ms = wait.as_millis() as u64,
             "reconnecting to the phonebook after a pause"
@@ -89,7 +87,6 @@ pub async fn run(
                 },
             }
         }
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

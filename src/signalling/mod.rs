@@ -1,6 +1,7 @@
 //! Signalling: the protocol types, the phonebook server, and the device's client.
 
 pub mod access;
+pub mod backoff;
 pub mod client;
 mod http;
 mod hub;
