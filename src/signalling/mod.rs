@@ -3,9 +3,11 @@
 pub mod access;
 pub mod backoff;
 pub mod client;
+pub mod connection;
 mod http;
 mod hub;
 pub mod limits;
+pub mod local;
 mod mailbox;
 pub mod peerjs;
 pub mod phonebook;
@@ -14,4 +16,5 @@ pub mod sanitize;
 pub mod sdp;
 pub mod server;
 mod socket;
+pub mod transport;
 pub mod whep;

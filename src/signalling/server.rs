@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::access::AccessSettings;
 use super::hub::PhonebookHandle;
 pub use super::limits::{CALLEE_RATE_FACTOR, Limits, MAX_FRAME_BYTES, RateLimit};
+use super::local::LocalTransport;
 use super::phonebook::IceSource;
 use super::protocol::IceServer;
 use super::whep::Whep;
@@ -66,6 +67,11 @@ impl PhonebookServer {
             handle: self.handle.with_limits(limits),
             ..self
         }
+    }
+
+    /// A connection to this phonebook from inside the process, with no socket.
+    pub fn connect_local(&self) -> LocalTransport {
+        LocalTransport::open(&self.handle)
     }
 
     /// WHEP's sessions.

@@ -23,17 +23,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::access::{Identity, Refused};
+use super::connection::{ClientError, PhonebookConnection};
 use super::hub::PhonebookHandle;
-use super::mailbox::Outgoing;
+use super::local::LocalTransport;
 use super::phonebook::ConnId;
-use super::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Secret, ServerMessage,
-};
+use super::protocol::{ClientMessage, ErrorCode, IceCandidate, IceServer, Secret, ServerMessage};
 
 pub use super::protocol::MAX_SDP_BYTES;
 
@@ -70,6 +68,15 @@ pub(super) fn routes(phonebook: PhonebookHandle, sessions: Arc<Whep>) -> Router 
             phonebook,
             sessions,
         })
+}
+
+/// A WHEP call's own connection to the phonebook, in-process.
+type Local = PhonebookConnection<LocalTransport>;
+
+impl WhepState {
+    fn phonebook_transport(&self) -> LocalTransport {
+        LocalTransport::open(&self.phonebook)
+    }
 }
 
 /// The WHEP sessions open on a phonebook.
@@ -194,36 +201,36 @@ async fn post_offer(
     }
 
     let call_id = format!("whep-{:016x}", rand::random::<u64>());
-    let opened = server.phonebook.open();
-    let (conn, mut incoming) = (opened.conn, opened.outgoing);
-    // Whatever happens to this request from here (the player gives up while it rings,
-    // the camera declines), the phonebook connection closes and the call with it.
-    let mut hangup = Hangup {
-        phonebook: server.phonebook.clone(),
-        conn,
-        armed: true,
+    // Dropping the connection closes it in the phonebook, and the call with it: so
+    // whatever happens to this request from here (the player gives up while it rings,
+    // the camera declines), nothing is left behind.
+    let connection = PhonebookConnection::hello(
+        server.phonebook_transport(),
+        "whep",
+        bearer(&headers).map(Secret),
+    )
+    .await;
+    let mut connection = match connection {
+        Ok(connection) => connection,
+        Err(ClientError::Refused { code, message }) => {
+            return Problem(status_of(code), message).into_response();
+        }
+        Err(err) => return problem(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     };
-    server.phonebook.message(
-        conn,
-        ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            agent: Some("whep".into()),
-            token: bearer(&headers).map(Secret),
-        },
-    );
-    server.phonebook.message(
-        conn,
-        ClientMessage::Call {
-            call_id: call_id.clone(),
-            callee: callee.clone(),
-            meta: json!({"callerName": ANONYMOUS_VIEWER, "via": "whep"}),
-            sdp: sdp.to_owned(),
-        },
-    );
+    let conn = connection.transport().conn();
+    let call = ClientMessage::Call {
+        call_id: call_id.clone(),
+        callee: callee.clone(),
+        meta: json!({"callerName": ANONYMOUS_VIEWER, "via": "whep"}),
+        sdp: sdp.to_owned(),
+    };
+    if let Err(err) = connection.send(&call).await {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, &err.to_string());
+    }
     info!(%callee, viewer = viewer.user().unwrap_or(ANONYMOUS_VIEWER), call = %call_id, "WHEP player calls");
 
     let answer =
-        match tokio::time::timeout(ANSWER_TIMEOUT, wait_answer(&mut incoming, &call_id)).await {
+        match tokio::time::timeout(ANSWER_TIMEOUT, wait_answer(&mut connection, &call_id)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(refused)) => return refused.into_response(),
             Err(_) => {
@@ -233,7 +240,7 @@ async fn post_offer(
                 );
             }
         };
-    let candidates = gather(&mut incoming, &call_id).await;
+    let candidates = gather(&mut connection, &call_id).await;
     let answer = with_candidates(&answer, &candidates);
 
     let ended = CancellationToken::new();
@@ -246,12 +253,10 @@ async fn post_offer(
             ended: ended.clone(),
         },
     );
-    hangup.armed = false;
     tokio::spawn(watch_session(
         server.clone(),
         call_id.clone(),
-        conn,
-        incoming,
+        connection,
         ended,
     ));
 
@@ -362,11 +367,8 @@ fn owned_session(
 }
 
 /// Waits for the camera's answer to `call_id`, or the response telling why none came.
-async fn wait_answer(
-    incoming: &mut mpsc::Receiver<Outgoing>,
-    call_id: &str,
-) -> Result<String, Problem> {
-    while let Some(message) = next_message(incoming).await {
+async fn wait_answer(connection: &mut Local, call_id: &str) -> Result<String, Problem> {
+    while let Ok(Some(message)) = connection.recv().await {
         match message {
             ServerMessage::Accepted { call_id: id, sdp } if id == call_id => return Ok(sdp),
             ServerMessage::Declined {
@@ -388,17 +390,7 @@ async fn wait_answer(
                 ));
             }
             ServerMessage::Error { code, message, .. } => {
-                let status = match code {
-                    ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
-                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-                    ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-                    ErrorCode::TooManyCalls | ErrorCode::RateLimited => {
-                        StatusCode::TOO_MANY_REQUESTS
-                    }
-                    ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                return Err(Problem(status, message));
+                return Err(Problem(status_of(code), message));
             }
             other => debug!(?other, "WHEP call: waiting for the answer"),
         }
@@ -410,10 +402,10 @@ async fn wait_answer(
 }
 
 /// Collects the device's candidates until it says it has no more, or for a short while.
-async fn gather(incoming: &mut mpsc::Receiver<Outgoing>, call_id: &str) -> Vec<IceCandidate> {
+async fn gather(connection: &mut Local, call_id: &str) -> Vec<IceCandidate> {
     let mut candidates = Vec::new();
     let deadline = tokio::time::Instant::now() + GATHER_TIMEOUT;
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, next_message(incoming)).await {
+    while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, connection.recv()).await {
         match message {
             ServerMessage::Candidate {
                 call_id: id,
@@ -434,53 +426,35 @@ async fn gather(incoming: &mut mpsc::Receiver<Outgoing>, call_id: &str) -> Vec<I
 async fn watch_session(
     server: WhepState,
     call_id: String,
-    conn: ConnId,
-    mut incoming: mpsc::Receiver<Outgoing>,
+    mut connection: Local,
     ended: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = ended.cancelled() => break,
-            message = next_message(&mut incoming) => match message {
-                Some(ServerMessage::Hangup { call_id: id, reason }) if id == call_id => {
+            message = connection.recv() => match message {
+                Ok(Some(ServerMessage::Hangup { call_id: id, reason })) if id == call_id => {
                     info!(call = %call_id, %reason, "the camera ended a WHEP call");
                     break;
                 }
-                Some(_) => {}
-                None => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
             },
         }
     }
     server.sessions.lock().remove(&call_id);
-    server.phonebook.close(conn);
+    // Dropping `connection` closes it in the phonebook.
 }
 
-async fn next_message(incoming: &mut mpsc::Receiver<Outgoing>) -> Option<ServerMessage> {
-    loop {
-        match incoming.recv().await? {
-            Outgoing::Message(letter) => {
-                if let Some(message) = letter.into_message() {
-                    return Some(message);
-                }
-            }
-            Outgoing::Close | Outgoing::GoingAway => return None,
-            Outgoing::Ping => {}
-        }
-    }
-}
-
-/// Closes a phonebook connection when dropped, unless disarmed.
-struct Hangup {
-    phonebook: PhonebookHandle,
-    conn: ConnId,
-    armed: bool,
-}
-
-impl Drop for Hangup {
-    fn drop(&mut self) {
-        if self.armed {
-            self.phonebook.close(self.conn);
-        }
+/// The HTTP status that tells a player what the phonebook's error `code` means.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyCalls | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_GATEWAY,
     }
 }
 
