@@ -1,28 +1,19 @@
 //! The device's side of the phonebook: connect, say hello, register, relay messages, and
-//! reconnect with a growing, jittered pause whenever the phonebook goes away.
+//! reconnect with a growing, jittered pause whenever the phonebook goes away. How the
+//! messages travel is the [`Transport`]'s business: a WebSocket ([`run`]), or anything
+//! else that connects ([`run_on`]), such as a phonebook in the same process.
 
-use std::time::Duration;
+use std::future::Future;
 
-use anyhow::{Context, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
-use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Secret, ServerMessage};
-
-const FIRST_PAUSE: Duration = Duration::from_millis(250);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the device pings the phonebook. A phonebook that drops the connection
-/// closes it, which the device sees at once; these find a connection that died silently
-/// (a NAT that forgot it, a cable pulled).
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// Not a frame (not even a pong) for this long: the connection is dead.
-const SILENCE_LIMIT: Duration = Duration::from_secs(12);
-/// How long a closing connection waits for the phonebook to close its end.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+use super::access::CallerMode;
+use super::backoff::Backoff;
+use super::connection::{ClientError, PhonebookConnection};
+use super::protocol::{ClientMessage, ErrorCode, Secret, ServerMessage};
+use super::transport::{Transport, TransportError, WsTransport};
 
 /// What the device learns from its phonebook connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,21 +50,40 @@ pub async fn run(
     url: String,
     registration: Registration,
     events: mpsc::UnboundedSender<ClientEvent>,
-    mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
+    outgoing: mpsc::UnboundedReceiver<ClientMessage>,
 ) {
-    let mut pause = FIRST_PAUSE;
+    let tls = registration.tls.clone();
+    let connect = || WsTransport::connect(&url, tls.clone());
+    run_on(&url, connect, registration, events, outgoing).await;
+}
+
+/// [`run`] over the transports `connect` opens, one per attempt; `phonebook` names the
+/// phonebook in the log.
+pub async fn run_on<T, F>(
+    phonebook: &str,
+    mut connect: impl FnMut() -> F + Send,
+    registration: Registration,
+    events: mpsc::UnboundedSender<ClientEvent>,
+    mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
+) where
+    T: Transport,
+    F: Future<Output = Result<T, TransportError>> + Send,
+{
+    let mut backoff = Backoff::reconnect();
     loop {
-        let outcome = session(&url, &registration, &events, &mut outgoing).await;
+        let outcome = match connect().await {
+            Ok(transport) => session(transport, &registration, &events, &mut outgoing).await,
+            Err(err) => Err(err.into()),
+        };
         match outcome {
             Ok(true) => return,
-            Ok(false) => pause = FIRST_PAUSE,
+            Ok(false) => backoff.reset(),
             Err(err) => {
-                warn!(%url, "phonebook: {err:#}");
-                let _ = events.send(ClientEvent::Disconnected(format!("{err:#}")));
+                warn!(%phonebook, "phonebook: {err}");
+                let _ = events.send(ClientEvent::Disconnected(err.to_string()));
             }
         }
-        let jitter = rand::random_range(0.8..1.2);
-        let wait = pause.mul_f64(jitter);
+        let wait = backoff.pause();
         debug!(
             wait_ms = wait.as_millis() as u64,
             "reconnecting to the phonebook after a pause"
@@ -89,174 +99,197 @@ pub async fn run(
                 },
             }
         }
-        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Why the device could not stay registered.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{message} (is another device using the name {name:?}?)")]
+    NameTaken { name: String, message: String },
+    #[error("refused: {0} (check device.token)")]
+    TokenRefused(String),
+}
+
+impl From<TransportError> for SessionError {
+    fn from(err: TransportError) -> Self {
+        SessionError::Client(err.into())
+    }
+}
+
+/// The device's reading of a refusal: the two it can do something about get a hint.
+fn registration_error(err: ClientError, name: &str) -> SessionError {
+    match err {
+        ClientError::Refused {
+            code: ErrorCode::NameTaken,
+            message,
+        } => SessionError::NameTaken {
+            name: name.to_owned(),
+            message,
+        },
+        ClientError::Refused {
+            code: ErrorCode::Unauthorized | ErrorCode::Forbidden,
+            message,
+        } => SessionError::TokenRefused(message),
+        other => SessionError::Client(other),
     }
 }
 
 /// One connection. `Ok(true)`: shut down cleanly; `Ok(false)`: the phonebook closed
 /// after we had registered (reconnect at once); `Err`: it failed.
-async fn session(
-    url: &str,
+async fn session<T: Transport>(
+    transport: T,
     registration: &Registration,
     events: &mpsc::UnboundedSender<ClientEvent>,
     outgoing: &mut mpsc::UnboundedReceiver<ClientMessage>,
-) -> anyhow::Result<bool> {
-    let connector = registration
-        .tls
-        .clone()
-        .map(tokio_tungstenite::Connector::Rustls);
-    let (mut socket, _) = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector),
-    )
-    .await
-    .context("timed out connecting")?
-    .context("cannot connect")?;
-    let send = |msg: &ClientMessage| {
-        Message::Text(
-            serde_json::to_string(msg)
-                .expect("client messages serialise")
-                .into(),
-        )
-    };
-
-    socket
-        .send(send(&ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            agent: Some(format!("peercam/{}", env!("CARGO_PKG_VERSION"))),
-            token: registration.token.clone(),
-        }))
-        .await?;
-    socket
-        .send(send(&ClientMessage::Register {
-            name: registration.name.clone(),
-            meta: registration.meta.clone(),
-        }))
-        .await?;
-
-    // The replies to hello and register come before anything else.
-    let handshake = async {
-        let mut welcomed = false;
-        while let Some(frame) = socket.next().await {
-            let Message::Text(text) = frame? else {
-                continue;
-            };
-            match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::Welcome { auth, .. }) => {
-                    if registration.refuse_open
-                        && auth == super::access::CallerMode::Open
-                        && !is_loopback_url(url)
-                    {
-                        bail!(
-                            "answer = \"auto\" on a phonebook that lets anyone call (auth: open) would let anyone watch this camera; \
-                             set access on the phonebook, or answer with the buttons"
-                        );
-                    }
-                    welcomed = true
-                }
-                Ok(ServerMessage::Registered { .. }) if welcomed => return Ok(()),
-                Ok(ServerMessage::Error {
-                    code: ErrorCode::NameTaken,
-                    message,
-                    ..
-                }) => {
-                    bail!(
-                        "{message} (is another device using the name {:?}?)",
-                        registration.name
-                    )
-                }
-                Ok(ServerMessage::Error {
-                    code: ErrorCode::Unauthorized | ErrorCode::Forbidden,
-                    message,
-                    ..
-                }) => bail!("refused: {message} (check device.token)"),
-                Ok(ServerMessage::Error { message, .. }) => bail!("refused: {message}"),
-                Ok(other) => debug!(?other, "ignored during the handshake"),
-                Err(err) => bail!("unexpected reply: {err}"),
-            }
-        }
-        Err(anyhow!("closed during the handshake"))
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+) -> Result<bool, SessionError> {
+    let name = &registration.name;
+    let agent = format!("peercam/{}", env!("CARGO_PKG_VERSION"));
+    let mut conn = PhonebookConnection::hello(transport, &agent, registration.token.clone())
         .await
-        .context("timed out registering")??;
-    info!(url, name = %registration.name, "registered on the phonebook");
+        .map_err(|err| registration_error(err, name))?;
+    if registration.refuse_open && conn.welcome().auth == CallerMode::Open && !conn.is_local() {
+        return Err(ClientError::OpenToAnyone.into());
+    }
+    let register = ClientMessage::Register {
+        name: name.clone(),
+        meta: registration.meta.clone(),
+    };
+    conn.request(&register, "registering", |reply| {
+        matches!(reply, ServerMessage::Registered { .. }).then_some(())
+    })
+    .await
+    .map_err(|err| registration_error(err, name))?;
+    info!(%name, "registered on the phonebook");
     let _ = events.send(ClientEvent::Registered);
 
-    let mut ping = tokio::time::interval(PING_INTERVAL);
-    ping.tick().await;
-    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            frame = socket.next() => match frame.inspect(|_| last_heard = tokio::time::Instant::now()) {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                    Ok(msg) => { let _ = events.send(ClientEvent::Message(msg)); }
-                    Err(err) => warn!(%err, "phonebook sent a message this version does not know"),
-                },
-                Some(Ok(Message::Close(_))) | None => {
+            msg = conn.recv() => match msg? {
+                Some(msg) => { let _ = events.send(ClientEvent::Message(msg)); }
+                None => {
                     let _ = events.send(ClientEvent::Disconnected("the phonebook closed the connection".into()));
                     return Ok(false);
                 }
-                Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(anyhow!("connection failed: {err}")),
             },
             msg = outgoing.recv() => match msg {
-                Some(msg) => socket.send(send(&msg)).await?,
+                Some(msg) => conn.send(&msg).await?,
                 None => {
-                    let _ = socket.close(None).await;
-                    // The phonebook reads in order, so its end of the close (or the end
-                    // of the stream) comes after it has routed everything sent before:
-                    // the hang-ups of a shutdown reach the callers' queues before an
-                    // embedded phonebook closes their sockets.
-                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                        while let Some(Ok(frame)) = socket.next().await {
-                            if matches!(frame, Message::Close(_)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
+                    // The phonebook reads in order, so once it has closed its end it has
+                    // routed everything sent before: the hang-ups of a shutdown reach
+                    // the callers before an embedded phonebook closes their sockets.
+                    conn.close().await;
                     return Ok(true);
                 }
             },
-            _ = ping.tick() => {
-                if last_heard.elapsed() > SILENCE_LIMIT {
-                    bail!("the phonebook has been silent for {SILENCE_LIMIT:?}");
-                }
-                socket.send(Message::Ping(Default::default())).await?
-            }
         }
     }
 }
 
-/// Whether `url` points at this machine.
-fn is_loopback_url(url: &str) -> bool {
-    let host = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or("");
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.split_once(']').map(|(h, _)| h))
-        .unwrap_or_else(|| host.rsplit_once(':').map_or(host, |(h, _)| h));
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_url;
+    use std::time::Duration;
 
-    #[test]
-    fn loopback_urls() {
-        assert!(is_loopback_url("ws://127.0.0.1:8080/ws"));
-        assert!(is_loopback_url("wss://[::1]:8443/ws"));
-        assert!(is_loopback_url("ws://localhost/ws"));
-        assert!(!is_loopback_url("ws://192.168.1.2:8080/ws"));
-        assert!(!is_loopback_url("wss://phonebook.example.org/ws"));
+    use serde_json::json;
+
+    use super::*;
+    use crate::signalling::server::PhonebookServer;
+
+    fn registration() -> Registration {
+        Registration {
+            name: "cam".into(),
+            meta: json!({}),
+            token: None,
+            tls: None,
+            // The phonebook is open, but in this process: allowed.
+            refuse_open: true,
+        }
+    }
+
+    async fn next(events: &mut mpsc::UnboundedReceiver<ClientEvent>) -> ClientEvent {
+        tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("an event within a minute of virtual time")
+            .expect("the client is running")
+    }
+
+    /// The device registers and takes a call on a phonebook in this process, with no
+    /// socket, on virtual time; dropped by the phonebook, it registers again after its
+    /// backoff.
+    #[tokio::test(start_paused = true)]
+    async fn registers_in_process_takes_a_call_and_comes_back() {
+        let server = PhonebookServer::new(Vec::new());
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let phonebook = server.clone();
+        let connect = move || {
+            let transport = phonebook.connect_local();
+            async move { Ok(transport) }
+        };
+        let client = tokio::spawn(async move {
+            run_on("in-process", connect, registration(), events_tx, out_rx).await;
+        });
+        assert_eq!(next(&mut events).await, ClientEvent::Registered);
+
+        let mut caller = PhonebookConnection::hello(server.connect_local(), "test", None)
+            .await
+            .expect("welcome");
+        let call = ClientMessage::Call {
+            call_id: "c1".into(),
+            callee: "cam".into(),
+            meta: json!({"callerName": "test"}),
+            sdp: "offer".into(),
+        };
+        caller.send(&call).await.expect("sent");
+        match next(&mut events).await {
+            ClientEvent::Message(ServerMessage::IncomingCall {
+                call_id,
+                callee,
+                sdp,
+                ..
+            }) => assert_eq!(
+                (call_id, callee, sdp),
+                ("c1".into(), "cam".into(), "offer".into())
+            ),
+            other => panic!("expected the call, got {other:?}"),
+        }
+        out.send(ClientMessage::Accept {
+            call_id: "c1".into(),
+            sdp: "answer".into(),
+        })
+        .expect("client running");
+        let accepted = tokio::time::timeout(Duration::from_secs(10), caller.recv())
+            .await
+            .expect("an answer in time");
+        assert_eq!(
+            accepted,
+            Ok(Some(ServerMessage::Accepted {
+                call_id: "c1".into(),
+                sdp: "answer".into()
+            }))
+        );
+
+        let dropped_at = tokio::time::Instant::now();
+        assert!(server.disconnect_callee("cam"));
+        assert!(matches!(
+            next(&mut events).await,
+            ClientEvent::Disconnected(_)
+        ));
+        assert_eq!(next(&mut events).await, ClientEvent::Registered);
+        // The first pause of the backoff, jittered, on virtual time.
+        let waited = dropped_at.elapsed();
+        assert!(
+            (Duration::from_millis(200)..Duration::from_millis(300)).contains(&waited),
+            "{waited:?}"
+        );
+
+        drop(out);
+        tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .expect("the client stops once its senders are gone")
+            .expect("no panic");
+        assert!(server.connect_local().is_local());
     }
 }

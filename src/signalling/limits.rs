@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 /// answers (a camera relays every call's answer and candidates).
 pub const CALLEE_RATE_FACTOR: u32 = 10;
 
+/// Frames above this size close the connection outright (the phonebook answers frames
+/// between its `MAX_MESSAGE_BYTES` and this with a `too_large` error).
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
 /// Unanswered calls one connection may have at once, unless set otherwise.
 pub const DEFAULT_PENDING_CALLS: usize = 4;
 

@@ -7,17 +7,22 @@
 //! before queueing, so what others send a connection is refused to them when it piles up
 //! ([`super::limits::RELAY_WINDOW`]) instead of filling the receiver's queue, and the
 //! receiver is never disconnected for it.
+//!
+//! A letter carries the typed [`ServerMessage`]: only the WebSocket writer turns it into
+//! text, and an in-process connection (WHEP's) takes the message as it is. Its size, the
+//! length of its JSON, is counted once when it is queued.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::limits::{LIST_WINDOW, RECEIVER_WINDOW, RELAY_WINDOW, REPLY_WINDOW, Usage};
 use super::phonebook::ConnId;
+use super::protocol::ServerMessage;
 
 /// What the server sends down one connection.
 pub(crate) enum Outgoing {
     /// A protocol message.
-    Text(Letter),
+    Message(Letter),
     /// A WebSocket ping.
     Ping,
     /// Close now.
@@ -77,16 +82,17 @@ impl Ledger {
             && tally.relays.fits(bytes, RECEIVER_WINDOW)
     }
 
-    /// Counts `text` as waiting, charged as `charge`, or says why it may not wait.
+    /// Counts `message` (of `bytes` as JSON text) as waiting, charged as `charge`, or
+    /// says why it may not wait.
     /// Relayed messages always count: the sender's room was checked with
     /// [`Ledger::has_room`] before the phonebook acted on its message, and the few that
     /// were not checked end a call (one each), which the receiver must learn of.
     pub(crate) fn letter(
         self: &Arc<Self>,
-        text: String,
+        message: ServerMessage,
+        bytes: usize,
         charge: Charge,
     ) -> Result<Letter, Refusal> {
-        let bytes = text.len();
         let mut tally = self.tally();
         match charge {
             Charge::Relay(sender) => {
@@ -108,7 +114,8 @@ impl Ledger {
             }
         }
         Ok(Letter {
-            text,
+            message: Some(message),
+            bytes,
             charge,
             ledger: self.clone(),
         })
@@ -147,15 +154,22 @@ impl Ledger {
 /// One queued message; it stops counting in its receiver's ledger when dropped, that is
 /// once it is written (or the connection is gone).
 pub(crate) struct Letter {
-    text: String,
+    /// Always `Some` until [`Letter::into_message`] takes it out.
+    message: Option<ServerMessage>,
+    bytes: usize,
     charge: Charge,
     ledger: Arc<Ledger>,
 }
 
 impl Letter {
-    /// The message's text.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
+    /// The message.
+    pub(crate) fn message(&self) -> Option<&ServerMessage> {
+        self.message.as_ref()
+    }
+
+    /// The message, given out of the queue: it stops counting here.
+    pub(crate) fn into_message(mut self) -> Option<ServerMessage> {
+        self.message.take()
     }
 
     /// What the message is charged to.
@@ -164,17 +178,9 @@ impl Letter {
     }
 }
 
-impl std::ops::Deref for Letter {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.text
-    }
-}
-
 impl Drop for Letter {
     fn drop(&mut self) {
-        self.ledger.release(self.charge, self.text.len());
+        self.ledger.release(self.charge, self.bytes);
     }
 }
 
@@ -182,17 +188,24 @@ impl Drop for Letter {
 mod tests {
     use super::*;
 
+    /// A one-byte letter: the windows count messages and bytes, not what they say.
+    fn note() -> ServerMessage {
+        ServerMessage::Callees {
+            callees: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_sender_has_no_room_once_its_window_is_full_and_others_still_do() {
         let ledger = Arc::new(Ledger::default());
         let mut held = Vec::new();
         for _ in 0..RELAY_WINDOW.messages {
-            held.push(ledger.letter("x".into(), Charge::Relay(1)).unwrap());
+            held.push(ledger.letter(note(), 1, Charge::Relay(1)).unwrap());
         }
         assert!(!ledger.has_room(1, 1));
         // Another sender still has room.
         assert!(ledger.has_room(2, 1));
-        held.push(ledger.letter("x".into(), Charge::Relay(2)).unwrap());
+        held.push(ledger.letter(note(), 1, Charge::Relay(2)).unwrap());
         // Written letters give their place back.
         held.clear();
         assert!(ledger.has_room(1, 1));
@@ -205,12 +218,12 @@ mod tests {
         let senders = RECEIVER_WINDOW.messages / (RELAY_WINDOW.messages - 1);
         let held: Vec<_> = (0..senders as u64)
             .flat_map(|sender| (0..RELAY_WINDOW.messages - 1).map(move |_| sender))
-            .map(|sender| ledger.letter("x".into(), Charge::Relay(sender)).unwrap())
+            .map(|sender| ledger.letter(note(), 1, Charge::Relay(sender)).unwrap())
             .collect();
         // Every sender is within its own window, but a new one finds no room.
         assert!(ledger.has_room(0, 1));
         let more: Vec<_> = (0..RECEIVER_WINDOW.messages - held.len())
-            .map(|_| ledger.letter("x".into(), Charge::Relay(1_000)).unwrap())
+            .map(|_| ledger.letter(note(), 1, Charge::Relay(1_000)).unwrap())
             .collect();
         assert!(!ledger.has_room(2_000, 1));
         drop(more);
@@ -222,33 +235,33 @@ mod tests {
         let ledger = Arc::new(Ledger::default());
         let mut held = Vec::new();
         for _ in 0..LIST_WINDOW.messages {
-            held.push(ledger.letter("u".into(), Charge::List).unwrap());
+            held.push(ledger.letter(note(), 1, Charge::List).unwrap());
         }
         assert_eq!(
-            ledger.letter("u".into(), Charge::List).err(),
+            ledger.letter(note(), 1, Charge::List).err(),
             Some(Refusal::ListDropped)
         );
         assert!(!ledger.take_list_resync(), "not while updates still wait");
         held.pop();
         // Stale: later changes are dropped too, until the whole list has been sent.
-        assert!(ledger.letter("u".into(), Charge::List).is_err());
+        assert!(ledger.letter(note(), 1, Charge::List).is_err());
         held.clear();
         assert!(ledger.take_list_resync());
         assert!(!ledger.take_list_resync());
-        assert!(ledger.letter("list".into(), Charge::List).is_ok());
+        assert!(ledger.letter(note(), 1, Charge::List).is_ok());
     }
 
     #[test]
     fn unread_replies_are_the_receivers_own_doing() {
         let ledger = Arc::new(Ledger::default());
         let held: Vec<_> = (0..REPLY_WINDOW.messages)
-            .map(|_| ledger.letter("e".into(), Charge::Reply).unwrap())
+            .map(|_| ledger.letter(note(), 1, Charge::Reply).unwrap())
             .collect();
         assert_eq!(
-            ledger.letter("e".into(), Charge::Reply).err(),
+            ledger.letter(note(), 1, Charge::Reply).err(),
             Some(Refusal::RepliesUnread)
         );
         drop(held);
-        assert!(ledger.letter("e".into(), Charge::Reply).is_ok());
+        assert!(ledger.letter(note(), 1, Charge::Reply).is_ok());
     }
 }

@@ -22,12 +22,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
+use super::backoff::Backoff;
 use super::protocol::IceCandidate;
 
 /// How often a heartbeat is sent; the stock client's interval.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-const FIRST_PAUSE: Duration = Duration::from_millis(250);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reconnect waits for OPEN or a refusal before taking silence as re-attached.
 const REATTACH_WAIT: Duration = Duration::from_secs(2);
@@ -361,19 +360,18 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<PeerJsCommand>,
 ) {
     let token = format!("{:x}", rand::random::<u64>());
-    let mut pause = FIRST_PAUSE;
+    let mut backoff = Backoff::reconnect();
     let mut ever_opened = false;
     loop {
         match session(&target, &token, &mut ever_opened, &events, &mut commands).await {
             Ok(true) => return,
-            Ok(false) => pause = FIRST_PAUSE,
+            Ok(false) => backoff.reset(),
             Err(err) => {
                 warn!(server = %target.socket_url, id = %target.id, "PeerJS: {err:#}");
                 let _ = events.send(PeerJsEvent::Disconnected(format!("{err:#}")));
             }
         }
-        let wait = pause.mul_f64(rand::random_range(0.8..1.2));
-        let sleep = tokio::time::sleep(wait);
+        let sleep = tokio::time::sleep(backoff.pause());
         tokio::pin!(sleep);
         loop {
             tokio::select! {
@@ -384,7 +382,6 @@ pub async fn run(
                 },
             }
         }
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

@@ -26,8 +26,7 @@ pub type ConnId = u64;
 /// Frames above this size get a `too_large` error instead of being parsed.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Longest SDP (offer or answer) relayed, in bytes.
-pub const MAX_SDP_BYTES: usize = 32 * 1024;
+pub use super::protocol::MAX_SDP_BYTES;
 
 /// Longest ICE candidate line relayed, in bytes.
 pub const MAX_CANDIDATE_BYTES: usize = 1024;

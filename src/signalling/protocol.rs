@@ -414,10 +414,38 @@ impl ClientMessage {
     }
 }
 
+/// Longest SDP (offer or answer) relayed, and longest WHEP offer or candidate fragment
+/// accepted, in bytes.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+
+/// The length of `value` as JSON text, counted as it is written out and not kept.
+pub fn wire_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Our message types always serialise; a failure would only undercount.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 impl ServerMessage {
     /// Serialises to the text frame sent on the wire.
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("server messages always serialise")
+    }
+
+    /// The length of [`ServerMessage::to_text`], counted without building the text: what
+    /// a queued message is charged, whether it goes out on a socket or stays in-process.
+    pub fn wire_len(&self) -> usize {
+        wire_len(self)
     }
 
     /// Builds an error message.

@@ -1,5 +1,5 @@
 //! One WebSocket connection of the phonebook: the upgrade, the reader that hands frames
-//! to the [`PhonebookServer`] within the connection's allowance, and the writer that
+//! to the [`PhonebookHandle`] within the connection's allowance, and the writer that
 //! sends what is queued for it.
 
 use std::net::SocketAddr;
@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::http::AddressSlot;
-use super::limits::STALLED_AFTER;
+use super::hub::{Allowance, Flow, Opened, PhonebookHandle};
+use super::limits::{MAX_FRAME_BYTES, STALLED_AFTER};
 use super::mailbox::{Charge, Ledger, Outgoing};
 use super::phonebook::ConnId;
-use super::server::{Allowance, Flow, MAX_FRAME_BYTES, PhonebookServer};
 
 /// How long a dropped connection's close frame may take to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,8 +35,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// several chunks if need be), and a phonebook holds a connection per open page.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
-pub(super) async fn upgrade(
-    State(server): State<PhonebookServer>,
+/// The route of the WebSocket endpoint, `/ws`.
+pub(super) fn routes(handle: PhonebookHandle) -> axum::Router {
+    axum::Router::new()
+        .route("/ws", axum::routing::get(upgrade))
+        .with_state(handle)
+}
+
+async fn upgrade(
+    State(server): State<PhonebookHandle>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -64,13 +71,18 @@ pub(super) async fn upgrade(
 }
 
 async fn connection(
-    server: PhonebookServer,
+    server: PhonebookHandle,
     socket: WebSocket,
     peer: SocketAddr,
     slot: AddressSlot,
 ) {
     let _slot = slot;
-    let (conn, outgoing, ledger, kick) = server.open_socket();
+    let Opened {
+        conn,
+        outgoing,
+        ledger,
+        kick,
+    } = server.open();
     debug!(conn, %peer, "client connected");
     let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write(server.clone(), conn, sink, outgoing, ledger, kick));
@@ -131,7 +143,7 @@ async fn connection(
 /// Writes what is queued for `conn` until the queue ends, the connection is dropped
 /// (`kick`), or a frame cannot be written for [`STALLED_AFTER`].
 async fn write(
-    server: PhonebookServer,
+    server: PhonebookHandle,
     conn: ConnId,
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut outgoing: mpsc::Receiver<Outgoing>,
@@ -153,10 +165,14 @@ async fn write(
         };
         let (frame, list) = match item {
             None => return,
-            Some(Outgoing::Text(letter)) => {
+            Some(Outgoing::Message(letter)) => {
                 let list = letter.charge() == Charge::List;
-                // The letter counts until it is written; dropping it gives its place back.
-                (Message::Text(letter.as_str().into()), list)
+                let Some(text) = letter.message().map(|m| m.to_text()) else {
+                    continue;
+                };
+                // The letter counts until it is taken for writing; dropping it gives its
+                // place back.
+                (Message::Text(text.into()), list)
             }
             Some(Outgoing::Ping) => (Message::Ping(Default::default()), false),
             Some(Outgoing::Close) => {

@@ -13,27 +13,28 @@
 //! the answer.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::access::{Identity, Refused};
+use super::connection::{ClientError, PhonebookConnection};
+use super::hub::PhonebookHandle;
+use super::local::LocalTransport;
 use super::phonebook::ConnId;
-use super::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Secret, ServerMessage,
-};
-use super::server::{Outgoing, PhonebookServer};
+use super::protocol::{ClientMessage, ErrorCode, IceCandidate, IceServer, Secret, ServerMessage};
+pub use super::sdp::{fragment_candidates, with_candidates};
 
-/// Largest offer or candidate fragment accepted, in bytes.
-pub const MAX_SDP_BYTES: usize = 32 * 1024;
+pub use super::protocol::MAX_SDP_BYTES;
 
 /// How long a `POST` may wait for the camera to answer (its ring timeout decides first).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -46,6 +47,38 @@ const MAX_SESSIONS: usize = 64;
 
 /// The caller name of a player when no tokens are configured.
 const ANONYMOUS_VIEWER: &str = "WHEP viewer";
+
+/// What WHEP's handlers share: the phonebook, reached through its handle, and the
+/// sessions open on it.
+#[derive(Clone)]
+pub(super) struct WhepState {
+    phonebook: PhonebookHandle,
+    sessions: Arc<Whep>,
+}
+
+/// WHEP's routes on the phonebook behind `phonebook`, with its sessions kept in
+/// `sessions`.
+pub(super) fn routes(phonebook: PhonebookHandle, sessions: Arc<Whep>) -> Router {
+    Router::new()
+        .route("/whep/{callee}", post(offer).options(options))
+        .route(
+            "/whep/{callee}/{session}",
+            patch(patch_session).delete(delete).options(options),
+        )
+        .with_state(WhepState {
+            phonebook,
+            sessions,
+        })
+}
+
+/// A WHEP call's own connection to the phonebook, in-process.
+type Local = PhonebookConnection<LocalTransport>;
+
+impl WhepState {
+    fn phonebook_transport(&self) -> LocalTransport {
+        LocalTransport::open(&self.phonebook)
+    }
+}
 
 /// The WHEP sessions open on a phonebook.
 #[derive(Debug, Default)]
@@ -86,20 +119,21 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Who a request speaks for, by the phonebook's access rules, or why it may not.
-fn viewer(server: &PhonebookServer, headers: &HeaderMap) -> Result<Identity, Problem> {
+fn viewer(server: &WhepState, headers: &HeaderMap) -> Result<Identity, Problem> {
     server
+        .phonebook
         .identify(bearer(headers).as_deref())
         .map_err(Problem::from)
 }
 
 /// `OPTIONS /whep/<callee>`: CORS, what may be posted, and (to a known viewer) the ICE
 /// servers as `Link` headers.
-pub async fn options(State(server): State<PhonebookServer>, headers: HeaderMap) -> Response {
+async fn options(State(server): State<WhepState>, headers: HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let out = response.headers_mut();
     out.insert("accept-post", HeaderValue::from_static("application/sdp"));
     if viewer(&server, &headers).is_ok() {
-        for link in ice_links(&server.ice_servers()) {
+        for link in ice_links(&server.phonebook.ice_servers()) {
             if let Ok(value) = HeaderValue::from_str(&link) {
                 out.append(header::LINK, value);
             }
@@ -110,8 +144,8 @@ pub async fn options(State(server): State<PhonebookServer>, headers: HeaderMap) 
 
 /// `POST /whep/<callee>`: rings the camera with the player's offer and answers once it
 /// is accepted.
-pub async fn offer(
-    State(server): State<PhonebookServer>,
+async fn offer(
+    State(server): State<WhepState>,
     Path(callee): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -120,7 +154,7 @@ pub async fn offer(
 }
 
 async fn post_offer(
-    server: PhonebookServer,
+    server: WhepState,
     callee: String,
     headers: HeaderMap,
     body: Bytes,
@@ -129,7 +163,7 @@ async fn post_offer(
         Ok(viewer) => viewer,
         Err(refused) => return refused.into_response(),
     };
-    if let Err(refused) = server.may_call(&viewer, &callee) {
+    if let Err(refused) = server.phonebook.may_call(&viewer, &callee) {
         return Problem::from(refused).into_response();
     }
     let content_type = headers
@@ -151,52 +185,53 @@ async fn post_offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return problem(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
     };
-    if let Err(why) = check_offer(sdp) {
+    if let Err(why) = super::sdp::check_offer(sdp) {
         return problem(
             StatusCode::BAD_REQUEST,
             &format!("not a usable offer: {why}"),
         );
     }
-    if !server.has_callee(&callee) {
+    if !server.phonebook.has_callee(&callee) {
         return problem(
             StatusCode::NOT_FOUND,
             &format!("no camera is registered as {callee:?}"),
         );
     }
-    if server.whep().sessions() >= MAX_SESSIONS {
+    if server.sessions.sessions() >= MAX_SESSIONS {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "too many WHEP sessions");
     }
 
     let call_id = format!("whep-{:016x}", rand::random::<u64>());
-    let (conn, mut incoming) = server.open();
-    // Whatever happens to this request from here (the player gives up while it rings,
-    // the camera declines), the phonebook connection closes and the call with it.
-    let mut hangup = Hangup {
-        server: server.clone(),
-        conn,
-        armed: true,
+    // Dropping the connection closes it in the phonebook, and the call with it: so
+    // whatever happens to this request from here (the player gives up while it rings,
+    // the camera declines), nothing is left behind.
+    let connection = PhonebookConnection::hello(
+        server.phonebook_transport(),
+        "whep",
+        bearer(&headers).map(Secret),
+    )
+    .await;
+    let mut connection = match connection {
+        Ok(connection) => connection,
+        Err(ClientError::Refused { code, message }) => {
+            return Problem(status_of(code), message).into_response();
+        }
+        Err(err) => return problem(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     };
-    server.message(
-        conn,
-        ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            agent: Some("whep".into()),
-            token: bearer(&headers).map(Secret),
-        },
-    );
-    server.message(
-        conn,
-        ClientMessage::Call {
-            call_id: call_id.clone(),
-            callee: callee.clone(),
-            meta: json!({"callerName": ANONYMOUS_VIEWER, "via": "whep"}),
-            sdp: sdp.to_owned(),
-        },
-    );
+    let conn = connection.transport().conn();
+    let call = ClientMessage::Call {
+        call_id: call_id.clone(),
+        callee: callee.clone(),
+        meta: json!({"callerName": ANONYMOUS_VIEWER, "via": "whep"}),
+        sdp: sdp.to_owned(),
+    };
+    if let Err(err) = connection.send(&call).await {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, &err.to_string());
+    }
     info!(%callee, viewer = viewer.user().unwrap_or(ANONYMOUS_VIEWER), call = %call_id, "WHEP player calls");
 
     let answer =
-        match tokio::time::timeout(ANSWER_TIMEOUT, wait_answer(&mut incoming, &call_id)).await {
+        match tokio::time::timeout(ANSWER_TIMEOUT, wait_answer(&mut connection, &call_id)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(refused)) => return refused.into_response(),
             Err(_) => {
@@ -206,11 +241,11 @@ async fn post_offer(
                 );
             }
         };
-    let candidates = gather(&mut incoming, &call_id).await;
+    let candidates = gather(&mut connection, &call_id).await;
     let answer = with_candidates(&answer, &candidates);
 
     let ended = CancellationToken::new();
-    server.whep().lock().insert(
+    server.sessions.lock().insert(
         call_id.clone(),
         Session {
             conn,
@@ -219,12 +254,10 @@ async fn post_offer(
             ended: ended.clone(),
         },
     );
-    hangup.armed = false;
     tokio::spawn(watch_session(
         server.clone(),
         call_id.clone(),
-        conn,
-        incoming,
+        connection,
         ended,
     ));
 
@@ -245,7 +278,7 @@ async fn post_offer(
         "accept-patch",
         HeaderValue::from_static("application/trickle-ice-sdpfrag"),
     );
-    for link in ice_links(&server.ice_servers()) {
+    for link in ice_links(&server.phonebook.ice_servers()) {
         if let Ok(value) = HeaderValue::from_str(&link) {
             out.append(header::LINK, value);
         }
@@ -254,8 +287,8 @@ async fn post_offer(
 }
 
 /// `PATCH /whep/<callee>/<session>`: the player's trickled candidates.
-pub async fn patch(
-    State(server): State<PhonebookServer>,
+async fn patch_session(
+    State(server): State<WhepState>,
     Path((callee, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -282,7 +315,7 @@ pub async fn patch(
     }
     let text = String::from_utf8_lossy(&body);
     for candidate in fragment_candidates(&text) {
-        server.message(
+        server.phonebook.message(
             conn,
             ClientMessage::Candidate {
                 call_id: session.clone(),
@@ -294,8 +327,8 @@ pub async fn patch(
 }
 
 /// `DELETE /whep/<callee>/<session>`: the player leaves.
-pub async fn delete(
-    State(server): State<PhonebookServer>,
+async fn delete(
+    State(server): State<WhepState>,
     Path((callee, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -303,14 +336,14 @@ pub async fn delete(
         Ok(conn) => conn,
         Err(refused) => return with_cors(refused.into_response()),
     };
-    server.message(
+    server.phonebook.message(
         conn,
         ClientMessage::Hangup {
             call_id: session.clone(),
             reason: "viewer left".into(),
         },
     );
-    if let Some(entry) = server.whep().lock().remove(&session) {
+    if let Some(entry) = server.sessions.lock().remove(&session) {
         entry.ended.cancel();
     }
     info!(%callee, call = %session, "WHEP player left");
@@ -318,13 +351,13 @@ pub async fn delete(
 }
 
 fn owned_session(
-    server: &PhonebookServer,
+    server: &WhepState,
     callee: &str,
     session: &str,
     headers: &HeaderMap,
 ) -> Result<ConnId, Problem> {
     let viewer = viewer(server, headers)?;
-    let sessions = server.whep().lock();
+    let sessions = server.sessions.lock();
     match sessions.get(session) {
         Some(entry) if entry.callee == callee && entry.viewer == viewer => Ok(entry.conn),
         _ => Err(Problem(
@@ -335,11 +368,8 @@ fn owned_session(
 }
 
 /// Waits for the camera's answer to `call_id`, or the response telling why none came.
-async fn wait_answer(
-    incoming: &mut mpsc::Receiver<Outgoing>,
-    call_id: &str,
-) -> Result<String, Problem> {
-    while let Some(message) = next_message(incoming).await {
+async fn wait_answer(connection: &mut Local, call_id: &str) -> Result<String, Problem> {
+    while let Ok(Some(message)) = connection.recv().await {
         match message {
             ServerMessage::Accepted { call_id: id, sdp } if id == call_id => return Ok(sdp),
             ServerMessage::Declined {
@@ -361,17 +391,7 @@ async fn wait_answer(
                 ));
             }
             ServerMessage::Error { code, message, .. } => {
-                let status = match code {
-                    ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
-                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-                    ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-                    ErrorCode::TooManyCalls | ErrorCode::RateLimited => {
-                        StatusCode::TOO_MANY_REQUESTS
-                    }
-                    ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                return Err(Problem(status, message));
+                return Err(Problem(status_of(code), message));
             }
             other => debug!(?other, "WHEP call: waiting for the answer"),
         }
@@ -383,10 +403,10 @@ async fn wait_answer(
 }
 
 /// Collects the device's candidates until it says it has no more, or for a short while.
-async fn gather(incoming: &mut mpsc::Receiver<Outgoing>, call_id: &str) -> Vec<IceCandidate> {
+async fn gather(connection: &mut Local, call_id: &str) -> Vec<IceCandidate> {
     let mut candidates = Vec::new();
     let deadline = tokio::time::Instant::now() + GATHER_TIMEOUT;
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, next_message(incoming)).await {
+    while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, connection.recv()).await {
         match message {
             ServerMessage::Candidate {
                 call_id: id,
@@ -405,136 +425,38 @@ async fn gather(incoming: &mut mpsc::Receiver<Outgoing>, call_id: &str) -> Vec<I
 
 /// Keeps the session's phonebook connection open until either end hangs up.
 async fn watch_session(
-    server: PhonebookServer,
+    server: WhepState,
     call_id: String,
-    conn: ConnId,
-    mut incoming: mpsc::Receiver<Outgoing>,
+    mut connection: Local,
     ended: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = ended.cancelled() => break,
-            message = next_message(&mut incoming) => match message {
-                Some(ServerMessage::Hangup { call_id: id, reason }) if id == call_id => {
+            message = connection.recv() => match message {
+                Ok(Some(ServerMessage::Hangup { call_id: id, reason })) if id == call_id => {
                     info!(call = %call_id, %reason, "the camera ended a WHEP call");
                     break;
                 }
-                Some(_) => {}
-                None => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
             },
         }
     }
-    server.whep().lock().remove(&call_id);
-    server.close(conn);
+    server.sessions.lock().remove(&call_id);
+    // Dropping `connection` closes it in the phonebook.
 }
 
-async fn next_message(incoming: &mut mpsc::Receiver<Outgoing>) -> Option<ServerMessage> {
-    loop {
-        match incoming.recv().await? {
-            Outgoing::Text(text) => match serde_json::from_str(&text) {
-                Ok(message) => return Some(message),
-                Err(err) => debug!(%err, "unreadable phonebook message"),
-            },
-            Outgoing::Close | Outgoing::GoingAway => return None,
-            Outgoing::Ping => {}
-        }
+/// The HTTP status that tells a player what the phonebook's error `code` means.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::UnknownCallee => StatusCode::NOT_FOUND,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyCalls | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_GATEWAY,
     }
-}
-
-/// Closes a phonebook connection when dropped, unless disarmed.
-struct Hangup {
-    server: PhonebookServer,
-    conn: ConnId,
-    armed: bool,
-}
-
-impl Drop for Hangup {
-    fn drop(&mut self) {
-        if self.armed {
-            self.server.close(self.conn);
-        }
-    }
-}
-
-/// Checks that `sdp` is an offer a camera can answer: parseable, with a video section.
-fn check_offer(sdp: &str) -> Result<(), String> {
-    let mut reader = std::io::Cursor::new(sdp.as_bytes());
-    let parsed = webrtc::sdp::SessionDescription::unmarshal(&mut reader)
-        .map_err(|err| format!("the SDP does not parse ({err})"))?;
-    if !parsed
-        .media_descriptions
-        .iter()
-        .any(|m| m.media_name.media == "video")
-    {
-        return Err("it has no video section".into());
-    }
-    Ok(())
-}
-
-/// Writes `candidates` into the media sections of `sdp` they belong to.
-pub fn with_candidates(sdp: &str, candidates: &[IceCandidate]) -> String {
-    if candidates.is_empty() {
-        return sdp.to_owned();
-    }
-    let mut out = String::with_capacity(sdp.len() + candidates.len() * 100);
-    let mut section: Option<(u16, Option<String>)> = None;
-    let mut index: u16 = 0;
-    let flush = |out: &mut String, section: &Option<(u16, Option<String>)>| {
-        if let Some((line_index, mid)) = section {
-            for candidate in candidates.iter().filter(|c| {
-                c.sdp_m_line_index == Some(*line_index)
-                    || (c.sdp_m_line_index.is_none() && c.sdp_mid.is_some() && c.sdp_mid == *mid)
-                    || (c.sdp_m_line_index.is_none() && c.sdp_mid.is_none() && *line_index == 0)
-            }) {
-                let line = candidate
-                    .candidate
-                    .strip_prefix("a=")
-                    .unwrap_or(&candidate.candidate);
-                out.push_str("a=");
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-            out.push_str("a=end-of-candidates\r\n");
-        }
-    };
-    for line in sdp.lines() {
-        if line.starts_with("m=") {
-            flush(&mut out, &section);
-            section = Some((index, None));
-            index += 1;
-        } else if let (Some(mid), Some((_, slot))) = (line.strip_prefix("a=mid:"), section.as_mut())
-        {
-            *slot = Some(mid.trim().to_owned());
-        }
-        out.push_str(line);
-        out.push_str("\r\n");
-    }
-    flush(&mut out, &section);
-    out
-}
-
-/// The candidates in a trickle-ice-sdpfrag body; `None` for `a=end-of-candidates`.
-pub fn fragment_candidates(fragment: &str) -> Vec<Option<IceCandidate>> {
-    let mut mid = None;
-    let mut ufrag = None;
-    let mut found = Vec::new();
-    for line in fragment.lines().map(str::trim) {
-        if let Some(value) = line.strip_prefix("a=mid:") {
-            mid = Some(value.to_owned());
-        } else if let Some(value) = line.strip_prefix("a=ice-ufrag:") {
-            ufrag = Some(value.to_owned());
-        } else if let Some(value) = line.strip_prefix("a=candidate:") {
-            found.push(Some(IceCandidate {
-                candidate: format!("candidate:{value}"),
-                sdp_mid: mid.clone(),
-                sdp_m_line_index: if mid.is_none() { Some(0) } else { None },
-                username_fragment: ufrag.clone(),
-            }));
-        } else if line == "a=end-of-candidates" {
-            found.push(None);
-        }
-    }
-    found
 }
 
 /// `Link` header values for `servers`, as WHEP players read them.
@@ -614,69 +536,6 @@ fn with_cors(mut response: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=sendonly\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n";
-
-    fn candidate(text: &str, mid: Option<&str>, index: Option<u16>) -> IceCandidate {
-        IceCandidate {
-            candidate: text.into(),
-            sdp_mid: mid.map(Into::into),
-            sdp_m_line_index: index,
-            username_fragment: None,
-        }
-    }
-
-    #[test]
-    fn candidates_land_in_their_sections() {
-        let merged = with_candidates(
-            ANSWER,
-            &[
-                candidate(
-                    "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host",
-                    Some("0"),
-                    Some(0),
-                ),
-                candidate(
-                    "candidate:2 1 udp 2130706431 127.0.0.1 5002 typ host",
-                    Some("1"),
-                    None,
-                ),
-            ],
-        );
-        let video = merged.split("m=audio").next().unwrap();
-        let audio = merged.split("m=audio").nth(1).unwrap();
-        assert!(video.contains("a=candidate:1 1 udp"), "{merged}");
-        assert!(!video.contains("a=candidate:2"), "{merged}");
-        assert!(audio.contains("a=candidate:2 1 udp"), "{merged}");
-        assert_eq!(merged.matches("a=end-of-candidates").count(), 2);
-        assert!(check_offer(&merged).is_ok());
-    }
-
-    #[test]
-    fn no_candidates_leaves_the_answer_alone() {
-        assert_eq!(with_candidates(ANSWER, &[]), ANSWER);
-    }
-
-    #[test]
-    fn fragments_give_candidates_with_their_mid() {
-        let fragment = "a=ice-ufrag:abcd\r\na=ice-pwd:secret\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 1 10.0.0.2 4000 typ host\r\na=end-of-candidates\r\n";
-        let found = fragment_candidates(fragment);
-        assert_eq!(found.len(), 2);
-        let first = found[0].as_ref().unwrap();
-        assert_eq!(
-            first.candidate,
-            "candidate:1 1 udp 1 10.0.0.2 4000 typ host"
-        );
-        assert_eq!(first.sdp_mid.as_deref(), Some("0"));
-        assert_eq!(first.username_fragment.as_deref(), Some("abcd"));
-        assert!(found[1].is_none());
-    }
-
-    #[test]
-    fn malformed_offers_are_refused_with_a_reason() {
-        assert!(check_offer("hello").is_err());
-        assert!(check_offer("v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n").is_err());
-    }
 
     #[test]
     fn bearer_tokens_are_read_from_the_header() {
