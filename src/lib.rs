@@ -8,17 +8,25 @@
 //!
 //! The data path: the camera pipeline ([`media::pipeline`]) encodes once; the feed
 //! ([`media::fanout`]) shares each access unit with every call and runs the camera only
-//! while someone watches; each call has its own peer connection ([`rtc`]) that packs the
-//! frames into RTP with timestamps from the encoder and turns PLI/FIR into keyframe
-//! requests. Each call is a pure state machine ([`call`]); every call on the device is
-//! held by a pure core ([`device::core`]: presses, do not disturb, the answer rules, the
+//! while someone watches. The feed starts an [`media::source::EncodedSource`]: the
+//! GStreamer pipeline ([`media::running`]) on a device, or access units replayed on tokio
+//! time ([`media::replay`]) in tests. Each call has its own peer connection ([`rtc`]) that
+//! packs the frames into RTP with timestamps from the encoder and turns PLI/FIR into
+//! keyframe requests.
+//!
+//! Each call is a pure state machine ([`call`]); every call on the device is held by a
+//! pure core ([`device::core`]: presses, do not disturb, the answer rules, the
 //! indicators, on simulated time in its tests) that a thin IO shell ([`device`]) feeds
 //! and obeys. Calls reach it through the caller's side ([`device::sides`]): our phonebook
-//! ([`signalling`]), spoken over our versioned JSON protocol (`docs/protocol.md`), or a
-//! PeerJS server; the events viewers get on the data channel and the status are
-//! [`signalling::events`]. Presses come from [`gpio`] backends, the terminal and the
-//! control socket, all as one [`control::Control`]; [`config`] merges the board
-//! profile, the site config and the command line; [`app`] wires it all.
+//! ([`signalling`]), spoken over our versioned JSON protocol (`docs/protocol.md`) by one
+//! client ([`signalling::connection`]) over a WebSocket or an in-process channel
+//! ([`signalling::transport`], [`signalling::local`]), or a PeerJS server; the events
+//! viewers get on the data channel and the status are [`signalling::events`]. Presses
+//! come from [`gpio`] backends, the terminal and the control socket, all as one
+//! [`control::Control`]; [`config`] merges the board profile, the site config and the
+//! command line (each module owns its settings type); [`cli`] holds what the looking
+//! commands print; [`app`] wires it all. No module depends on one that depends on it
+//! (`tests/layering.rs` checks).
 
 pub mod app;
 pub mod call;
