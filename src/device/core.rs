@@ -23,6 +23,7 @@ use crate::gpio::{Levels, indicator_levels, next_indicator_change};
 use crate::rtc::PeerEvent;
 use crate::signalling::events::{Button, DeviceEvent, Side};
 use crate::signalling::protocol::IceCandidate;
+use crate::signalling::sanitize::for_log;
 
 mod lifecycle;
 
@@ -290,7 +291,7 @@ impl Doorbell {
                 // A PeerJS caller hangs up by closing its connection; the data channel it
                 // opened on the call is the first to tell. Our own pages say hangup.
                 if call.side == Side::PeerJs {
-                    debug!(call = %id, %label, "PeerJS caller's data channel closed");
+                    debug!(call = %id, label = %for_log(&label), "PeerJS caller's data channel closed");
                     self.apply(&id, call::Input::RemoteHangup("caller hung up".into()), out);
                 }
             }
@@ -402,7 +403,7 @@ impl Doorbell {
                 }
                 call::Action::StateChanged(state, reason) => {
                     let reason = reason.unwrap_or_default();
-                    info!(call = id, %caller, %state, %reason, "call");
+                    info!(call = id, %caller, %state, reason = %for_log(&reason), "call");
                     match state {
                         CallState::Ringing => {
                             out.push(Action::Say(format!(

@@ -20,6 +20,7 @@ use crate::signalling::client::ClientEvent;
 use crate::signalling::events::Side;
 use crate::signalling::peerjs::{PeerJsCommand, PeerJsEvent};
 use crate::signalling::protocol::{ClientMessage, IceCandidate, ServerMessage};
+use crate::signalling::sanitize::for_log;
 
 /// Where a call's answers go.
 pub trait CallerSide: Send {
@@ -102,7 +103,7 @@ impl PhonebookSide {
                     message,
                     call_id,
                 } => {
-                    warn!(?code, %message, "the phonebook reported an error");
+                    warn!(?code, message = %for_log(&message), "the phonebook reported an error");
                     call_id.map(|call| Input::RemoteHangup {
                         call,
                         reason: format!("phonebook: {message}"),
@@ -246,7 +247,7 @@ impl CallerSide for PeerJsSide {
         if let Some((peer, _)) = self.addresses.get(call) {
             // PeerJS has no decline; EXPIRE makes the stock client report
             // `peer-unavailable` instead of waiting forever.
-            info!(call, %peer, %reason, "declining a PeerJS call (sent as EXPIRE)");
+            info!(call, peer = %for_log(peer), reason = %for_log(&reason), "declining a PeerJS call (sent as EXPIRE)");
             self.send(PeerJsCommand::Expire { dst: peer.clone() });
         }
     }

@@ -206,6 +206,16 @@ impl Inbox {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
+        // A PeerJS server passes any id through: ids logged and made into call ids must be
+        // plain text of a sane length.
+        let plain = |id: &str| id.len() <= 128 && !id.chars().any(char::is_control);
+        if !plain(&src) || !plain(&connection_id) {
+            warn!(
+                src = %super::sanitize::for_log(&src),
+                "PeerJS message with a malformed peer or connection id ignored"
+            );
+            return Ok(Vec::new());
+        }
         match kind {
             "OPEN" => Ok(vec![PeerJsEvent::Open]),
             "ID-TAKEN" => Err(Refusal::IdTaken),
