@@ -348,7 +348,12 @@ impl TlsListener {
                     _ = tx.closed() => return,
                 };
                 let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
+                    Ok(pair) => {
+                        // Signalling is small messages: Nagle would hold one back until
+                        // the peer's delayed ACK (~40 ms).
+                        let _ = pair.0.set_nodelay(true);
+                        pair
+                    }
                     Err(err) => {
                         // Out of file descriptors, say: pause rather than spin.
                         debug!(%err, "accept failed");

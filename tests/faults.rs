@@ -30,6 +30,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// ICE timeouts in src/rtc/engine.rs say 3 s + 5 s; the rest is slack for a loaded machine.
 const LOSS_BOUND: Duration = Duration::from_secs(15);
 
+/// The tests here take turns. Each runs real daemons against wall-clock bounds (ICE's
+/// timeouts, a soak's margins); run side by side on a 2-core machine they starve each
+/// other, and a call that waits its 10 s for ICE to connect becomes a flake.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Why the network tests are ignored unless asked for (`--include-ignored`).
 const NEEDS_ROOT: &str = "builds network namespaces, which needs root";
 
@@ -245,6 +250,7 @@ fn state_line(log: &str, call_id: &str, state: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "builds network namespaces, which needs root (tools/test includes it as root)"]
 async fn a_cut_link_ends_the_call_on_both_sides_and_a_new_call_works_after() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     require_root();
     let mut lab = Lab::new();
     let net = lab.free_subnet();
@@ -706,6 +712,7 @@ async fn call_through_turn(auth: TurnAuth) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "builds network namespaces, which needs root (tools/test includes it as root)"]
 async fn turn_relays_a_call_between_networks_with_a_static_user() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     require_root();
     call_through_turn(TurnAuth::Static).await;
 }
@@ -713,6 +720,7 @@ async fn turn_relays_a_call_between_networks_with_a_static_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "builds network namespaces, which needs root (tools/test includes it as root)"]
 async fn turn_relays_a_call_between_networks_with_rest_credentials() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     require_root();
     call_through_turn(TurnAuth::Rest).await;
 }
@@ -746,6 +754,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// listening on the phonebook's port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_every_call_with_a_reason_and_leaves_nothing_running() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let daemon = Daemon::start("term", &["--set", "call.allow=[\"One\",\"Two\"]"]);
     let engine = caller_engine();
     let mut viewers = Vec::new();
@@ -964,6 +973,7 @@ async fn calls_at_once(
 /// threads come back to where they started, within the margins above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_of_220_calls_leaves_no_memory_fds_or_threads_behind() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     // glibc gives threads arenas of their own and keeps their freed memory in pieces,
     // so with its default settings RSS drifts up with the threads of every connection
     // that came and went: this soak then ends 22 to 31 MiB higher, +21 to +28 MiB of it

@@ -97,6 +97,12 @@ impl PhonebookServer {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        use axum::serve::ListenerExt;
+        // Signalling is small messages: with Nagle on, one written while the last is
+        // unacknowledged waits for the reader's delayed ACK (~40 ms per hop).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         self.serve_on(listener, shutdown).await
     }
 

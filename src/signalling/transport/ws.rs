@@ -43,7 +43,7 @@ impl WsTransport {
         let connector = tls.map(tokio_tungstenite::Connector::Rustls);
         let (socket, _) = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector),
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector),
         )
         .await
         .map_err(|_| TransportError::Connect(format!("timed out after {CONNECT_TIMEOUT:?}")))?
