@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use peercam::signalling::client::{self, ClientEvent, Registration};
 use peercam::signalling::protocol::{
     Callee, ClientMessage, ErrorCode, IceCandidate, PROTOCOL_VERSION, Secret, ServerMessage,
@@ -15,14 +15,15 @@ use peercam::signalling::protocol::{
 use peercam::signalling::server::{Limits, PhonebookServer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const WAIT: Duration = Duration::from_secs(5);
+#[path = "common/ws.rs"]
+mod ws;
+
+use ws::{TestPhonebook, WAIT, WsClient};
 
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
@@ -31,28 +32,19 @@ const QUIET: Duration = Duration::from_millis(300);
 /// up after a few KiB instead of the megabytes loopback allows by default.
 const SMALL_RECEIVE_BUFFER: u32 = 4096;
 
-struct Server {
-    addr: SocketAddr,
-    server: PhonebookServer,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+/// The phonebook under attack, with the limits of the test at hand.
+struct Server(TestPhonebook);
+
+impl std::ops::Deref for Server {
+    type Target = TestPhonebook;
+    fn deref(&self) -> &TestPhonebook {
+        &self.0
+    }
 }
 
 impl Server {
     async fn start(limits: Limits) -> Self {
-        let server = PhonebookServer::new(Vec::new()).with_limits(limits);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.clone().serve(listener, async move {
-            let _ = stop.await;
-        }));
-        Server {
-            addr,
-            server,
-            shutdown,
-            task,
-        }
+        Server(TestPhonebook::start(PhonebookServer::new(Vec::new()).with_limits(limits)).await)
     }
 
     async fn callees(&self) -> Vec<Callee> {
@@ -67,12 +59,7 @@ impl Server {
     }
 
     async fn stop(self) {
-        let _ = self.shutdown.send(());
-        timeout(WAIT, self.task)
-            .await
-            .expect("the server stops within 5 s")
-            .expect("no panic")
-            .expect("Ok");
+        self.0.stop().await;
     }
 }
 
@@ -85,38 +72,30 @@ fn unthrottled() -> Limits {
     }
 }
 
-struct Peer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A client of the abuse tests: the shared raw client and the steps these tests repeat.
+struct Peer(WsClient);
+
+impl std::ops::Deref for Peer {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Peer {
     async fn connect(addr: SocketAddr) -> Self {
-        let (ws, _) = timeout(
-            WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
-        )
-        .await
-        .expect("connect within 5 s")
-        .expect("WebSocket handshake");
-        Peer { ws }
+        Peer(WsClient::connect(addr).await)
     }
 
     /// Connected with a small receive buffer, so that not reading soon backs up.
     async fn connect_small(addr: SocketAddr) -> Self {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(SMALL_RECEIVE_BUFFER).unwrap();
-        let stream = socket.connect(addr).await.expect("connect");
-        let (ws, _) = timeout(
-            WAIT,
-            tokio_tungstenite::client_async(
-                format!("ws://{addr}/ws"),
-                MaybeTlsStream::Plain(stream),
-            ),
-        )
-        .await
-        .expect("handshake within 5 s")
-        .expect("WebSocket handshake");
-        Peer { ws }
+        Peer(WsClient::connect_with_receive_buffer(addr, SMALL_RECEIVE_BUFFER).await)
     }
 
     async fn greet(mut self) -> Self {
@@ -129,50 +108,10 @@ impl Peer {
         Self::connect(addr).await.greet().await
     }
 
-    async fn send(&mut self, msg: &ClientMessage) {
-        self.send_all(std::iter::once(msg.clone())).await;
-    }
-
-    /// Sends every message in one write, as a flooding client would.
-    async fn send_all(&mut self, msgs: impl IntoIterator<Item = ClientMessage>) {
-        for msg in msgs {
-            let text = serde_json::to_string(&msg).unwrap();
-            timeout(WAIT, self.ws.feed(Message::text(text)))
-                .await
-                .expect("queue within 5 s")
-                .expect("queue");
-        }
-        timeout(WAIT, self.ws.flush())
-            .await
-            .expect("send within 5 s")
-            .expect("send");
-    }
-
-    /// The next message, or `None` when nothing comes for `quiet`. Panics if the server
-    /// closes the connection: in these tests that is the failure.
-    async fn next(&mut self, quiet: Duration) -> Option<ServerMessage> {
-        let frame = timeout(quiet, async {
-            loop {
-                match self.ws.next().await {
-                    Some(Ok(Message::Text(text))) => return text,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    other => panic!("the server ended the connection: {other:?}"),
-                }
-            }
-        })
-        .await
-        .ok()?;
-        Some(serde_json::from_str(frame.as_str()).expect("a server message"))
-    }
-
-    async fn recv(&mut self) -> ServerMessage {
-        self.next(WAIT).await.expect("a message within 5 s")
-    }
-
     /// Everything that arrives until the connection has been quiet for [`QUIET`].
     async fn drain(&mut self) -> Vec<ServerMessage> {
         let mut got = Vec::new();
-        while let Some(msg) = self.next(QUIET).await {
+        while let Some(msg) = self.next_within(QUIET).await {
             got.push(msg);
         }
         got
@@ -184,19 +123,6 @@ impl Peer {
             self.recv().await,
             ServerMessage::Registered { name: name.into() }
         );
-    }
-
-    async fn expect_closed(&mut self) {
-        let closed = timeout(WAIT, async {
-            loop {
-                match self.ws.next().await {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
-                }
-            }
-        })
-        .await;
-        closed.expect("the server closes the connection within 5 s");
     }
 }
 
@@ -513,7 +439,7 @@ async fn a_listener_that_falls_behind_gets_the_whole_list_and_stays() {
     // And it hears of changes as before.
     drop(floods);
     let mut removed = 0;
-    while let Some(msg) = page.next(Duration::from_secs(2)).await {
+    while let Some(msg) = page.next_within(Duration::from_secs(2)).await {
         if matches!(msg, ServerMessage::CalleeRemoved { .. }) {
             removed += 1;
         }

@@ -15,71 +15,38 @@ use peercam::signalling::protocol::{
 };
 use peercam::signalling::server::{Limits, PhonebookServer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const WAIT: Duration = Duration::from_secs(5);
+use common::ws::{TestPhonebook as Server, WAIT, WsClient};
 
 /// How long "nothing arrives" is watched for; long enough for a loopback round trip.
 const QUIET_MS: u64 = 200;
 
-struct Server {
-    addr: SocketAddr,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+/// Starts a phonebook with `ice_servers` and the default limits.
+async fn start_with(ice_servers: Vec<IceServer>) -> Server {
+    Server::start(PhonebookServer::new(ice_servers)).await
 }
 
-impl Server {
-    async fn start() -> Self {
-        Self::start_with(Vec::new()).await
-    }
+/// A client of the protocol tests: the shared raw client and the steps these tests repeat.
+struct Client(WsClient);
 
-    async fn start_with(ice_servers: Vec<IceServer>) -> Self {
-        Self::start_server(PhonebookServer::new(ice_servers)).await
-    }
-
-    async fn start_server(server: PhonebookServer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(listener, async move {
-            let _ = stop.await;
-        }));
-        Server {
-            addr,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.shutdown.send(());
-        timeout(WAIT, self.task)
-            .await
-            .expect("the server stops within 5 s of shutdown")
-            .expect("the server task does not panic")
-            .expect("the server returns Ok");
+impl std::ops::Deref for Client {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
     }
 }
 
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Client {
     async fn connect(addr: SocketAddr) -> Self {
-        let (ws, _) = timeout(
-            WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
-        )
-        .await
-        .expect("connect within 5 s")
-        .expect("WebSocket handshake");
-        Client { ws }
+        Client(WsClient::connect(addr).await)
     }
 
     /// Connected and past `hello`/`welcome`.
@@ -100,37 +67,6 @@ impl Client {
             token: None,
         })
         .await;
-    }
-
-    async fn send(&mut self, msg: &ClientMessage) {
-        let text = serde_json::to_string(msg).expect("client messages serialise");
-        self.send_raw(Message::text(text)).await;
-    }
-
-    async fn send_raw(&mut self, frame: Message) {
-        timeout(WAIT, self.ws.send(frame))
-            .await
-            .expect("send within 5 s")
-            .expect("send");
-    }
-
-    /// The next protocol message; control frames are skipped because the server pings
-    /// on its own schedule (the first one right after the upgrade).
-    async fn recv(&mut self) -> ServerMessage {
-        let next = timeout(WAIT, async {
-            loop {
-                match self.ws.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        return serde_json::from_str::<ServerMessage>(text.as_str())
-                            .unwrap_or_else(|err| panic!("not a server message ({err}): {text}"));
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    other => panic!("expected a message, got {other:?}"),
-                }
-            }
-        })
-        .await;
-        next.expect("a message within 5 s")
     }
 
     async fn expect_error(&mut self, code: ErrorCode) -> ServerMessage {
@@ -259,7 +195,7 @@ async fn hello_gets_welcome_with_the_ice_servers() {
         secret: None,
         ttl_secs: None,
     }];
-    let server = Server::start_with(ice.clone()).await;
+    let server = start_with(ice.clone()).await;
     let mut client = Client::connect(server.addr).await;
     client.hello(PROTOCOL_VERSION).await;
     assert_eq!(
@@ -280,7 +216,7 @@ async fn hello_gets_welcome_with_the_ice_servers() {
 
 #[tokio::test]
 async fn a_wrong_version_is_refused_and_closed() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut client = Client::connect(server.addr).await;
     client.hello(PROTOCOL_VERSION + 1).await;
     client.expect_error(ErrorCode::UnsupportedVersion).await;
@@ -290,7 +226,7 @@ async fn a_wrong_version_is_refused_and_closed() {
 
 #[tokio::test]
 async fn a_first_message_other_than_hello_is_refused_and_closed() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut client = Client::connect(server.addr).await;
     client.send(&ClientMessage::Listen).await;
     client.expect_error(ErrorCode::HelloRequired).await;
@@ -300,7 +236,7 @@ async fn a_first_message_other_than_hello_is_refused_and_closed() {
 
 #[tokio::test]
 async fn a_name_belongs_to_one_connection_until_it_closes() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut watcher = Client::greeted(server.addr).await;
     watcher.listen().await;
 
@@ -346,7 +282,7 @@ async fn a_name_belongs_to_one_connection_until_it_closes() {
 
 #[tokio::test]
 async fn listeners_get_the_list_then_every_change() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut cam_a = Client::greeted(server.addr).await;
     cam_a
         .register("cam-a", json!({"kind": "camera", "width": 1280}))
@@ -429,7 +365,7 @@ async fn listeners_get_the_list_then_every_change() {
 
 #[tokio::test]
 async fn a_call_is_relayed_between_the_two_ends() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut device = Client::greeted(server.addr).await;
     device
         .register("front-door", json!({"kind": "camera"}))
@@ -592,7 +528,7 @@ async fn end_of_candidates(from: &mut Client, to: &mut Client, call_id: &str) {
 
 #[tokio::test]
 async fn a_decline_reason_arrives_verbatim() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let (mut device, mut caller) = ringing_call(server.addr, "front-door", "c-decline").await;
     device
         .send(&ClientMessage::Decline {
@@ -621,7 +557,7 @@ async fn a_decline_reason_arrives_verbatim() {
 
 #[tokio::test]
 async fn calling_an_unknown_callee_is_an_error_with_the_call_id() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut caller = Client::greeted(server.addr).await;
     caller.send(&call("c-lost", "back-door", "offer")).await;
     match caller.expect_error(ErrorCode::UnknownCallee).await {
@@ -633,7 +569,7 @@ async fn calling_an_unknown_callee_is_an_error_with_the_call_id() {
 
 #[tokio::test]
 async fn a_disconnect_mid_call_hangs_up_the_other_end() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
 
     // The caller vanishes without a close frame while the call rings.
     let (mut device, caller) = ringing_call(server.addr, "front-door", "c-gone").await;
@@ -671,7 +607,7 @@ async fn a_disconnect_mid_call_hangs_up_the_other_end() {
 
 #[tokio::test]
 async fn bad_frames_get_bad_message_and_the_connection_stays_usable() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut bystander = Client::greeted(server.addr).await;
     bystander.listen().await;
     let mut device = Client::greeted(server.addr).await;
@@ -723,7 +659,7 @@ async fn bad_frames_get_bad_message_and_the_connection_stays_usable() {
 
 #[tokio::test]
 async fn oversized_frames_get_too_large_or_a_close() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut other = Client::greeted(server.addr).await;
 
     let mut client = Client::greeted(server.addr).await;
@@ -757,7 +693,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> common::HttpResponse {
 
 #[tokio::test]
 async fn http_serves_the_callee_list_and_the_page() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut device = Client::greeted(server.addr).await;
     device
         .register("front-door", json!({"kind": "camera", "fps": 30}))
@@ -807,7 +743,7 @@ async fn http_serves_the_callee_list_and_the_page() {
 
 #[tokio::test]
 async fn a_re_registered_name_starts_available() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut watcher = Client::greeted(server.addr).await;
     watcher.listen().await;
     let (mut old_owner, _caller) = ringing_call(server.addr, "cam", "c-old").await;
@@ -834,7 +770,7 @@ async fn a_re_registered_name_starts_available() {
 
 #[tokio::test]
 async fn shutdown_closes_open_websockets() {
-    let server = Server::start().await;
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
     let mut client = Client::greeted(server.addr).await;
     server.stop().await;
     client.expect_closed().await;
@@ -847,7 +783,7 @@ async fn a_flooding_client_is_slowed_and_then_cut_off_while_others_are_served() 
         message_burst: 20,
         ..Limits::default()
     };
-    let server = Server::start_server(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
+    let server = Server::start(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
     let mut flood = Client::greeted(server.addr).await;
     let mut calm = Client::greeted(server.addr).await;
     let listen = serde_json::to_string(&ClientMessage::Listen).unwrap();
@@ -899,7 +835,7 @@ async fn connections_per_address_are_limited_with_429() {
         connections_per_address: 2,
         ..Limits::default()
     };
-    let server = Server::start_server(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
+    let server = Server::start(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
     let first = Client::greeted(server.addr).await;
     let _second = Client::greeted(server.addr).await;
     let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await;
@@ -935,7 +871,7 @@ async fn a_camera_gets_ten_times_the_allowance_for_the_calls_it_answers_only() {
         message_burst: 20,
         ..Limits::default()
     };
-    let server = Server::start_server(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
+    let server = Server::start(PhonebookServer::new(Vec::new()).with_limits(limits)).await;
     let mut camera = Client::greeted(server.addr).await;
     camera.register("cam", json!({})).await;
     let mut callers = Vec::new();

@@ -5,6 +5,7 @@
 
 pub mod port;
 pub mod stats;
+pub mod ws;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
