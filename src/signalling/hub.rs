@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::access::{AccessSettings, Identity, Refused};
 use super::http::AddressCounts;
 use super::limits::{CALLEE_RATE_FACTOR, Limits, RELAY_WINDOW, RateLimit};
-use super::mailbox::{Charge, Ledger, Outgoing, Refusal};
+use super::mailbox::{Body, Charge, Ledger, Outgoing, Refusal};
 use super::phonebook::{ConnId, IceSource, Output, Phonebook};
 use super::protocol::{Callee, ClientMessage, ErrorCode, IceServer, ServerMessage, wire_len};
 
@@ -33,6 +33,8 @@ const OUTGOING_QUEUE: usize = 8 * 1024;
 /// One connection's queue, its account, and the signal that drops it.
 struct Mailbox {
     queue: mpsc::Sender<Outgoing>,
+    /// What its reader takes: text frames (a socket) or typed messages (in-process).
+    reader: Reader,
     ledger: Arc<Ledger>,
     kick: CancellationToken,
 }
@@ -43,6 +45,15 @@ struct Hub {
 }
 
 /// A connection opened on the phonebook: its id, and what is queued for it.
+/// Who reads a connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reader {
+    /// A WebSocket writer: it sends text frames.
+    Socket,
+    /// A reader in this process: it takes the typed messages.
+    Local,
+}
+
 pub(super) struct Opened {
     /// The connection's id in the phonebook.
     pub(super) conn: ConnId,
@@ -156,8 +167,9 @@ impl PhonebookHandle {
         hub.relay(conn, msg, bytes);
     }
 
-    /// Opens a connection in the phonebook; what is sent to it arrives on its queue.
-    pub(super) fn open(&self) -> Opened {
+    /// Opens a connection in the phonebook for `reader`; what is sent to it arrives on its
+    /// queue.
+    pub(super) fn open(&self, reader: Reader) -> Opened {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (queue, outgoing) = mpsc::channel(OUTGOING_QUEUE);
         let ledger = Arc::new(Ledger::default());
@@ -168,6 +180,7 @@ impl PhonebookHandle {
             conn,
             Mailbox {
                 queue,
+                reader,
                 ledger: ledger.clone(),
                 kick: kick.clone(),
             },
@@ -369,8 +382,20 @@ impl Hub {
                         _ if to == cause => Charge::Reply,
                         _ => Charge::Relay(cause),
                     };
-                    let bytes = msg.wire_len();
-                    match mailbox.ledger.letter(msg, bytes, charge) {
+                    // A socket's letter is its text, made once here; its length is the
+                    // charge either way.
+                    let posted = match mailbox.reader {
+                        Reader::Socket => {
+                            let text = msg.to_text();
+                            let bytes = text.len();
+                            mailbox.ledger.letter(Body::Text(text), bytes, charge)
+                        }
+                        Reader::Local => {
+                            let bytes = msg.wire_len();
+                            mailbox.ledger.letter(msg, bytes, charge)
+                        }
+                    };
+                    match posted {
                         Ok(letter) => (to, Outgoing::Message(letter)),
                         // It gets the whole list once it has read what waits.
                         Err(Refusal::ListDropped) => continue,

@@ -6,7 +6,7 @@
 
 use tokio::sync::mpsc;
 
-use super::hub::PhonebookHandle;
+use super::hub::{PhonebookHandle, Reader};
 use super::mailbox::Outgoing;
 use super::phonebook::ConnId;
 use super::protocol::{ClientMessage, ServerMessage};
@@ -23,7 +23,7 @@ pub struct LocalTransport {
 impl LocalTransport {
     /// Opens a connection on `phonebook`.
     pub(super) fn open(phonebook: &PhonebookHandle) -> Self {
-        let opened = phonebook.open();
+        let opened = phonebook.open(Reader::Local);
         LocalTransport {
             phonebook: phonebook.clone(),
             conn: opened.conn,

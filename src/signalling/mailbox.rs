@@ -89,7 +89,7 @@ impl Ledger {
     /// were not checked end a call (one each), which the receiver must learn of.
     pub(crate) fn letter(
         self: &Arc<Self>,
-        message: ServerMessage,
+        body: impl Into<Body>,
         bytes: usize,
         charge: Charge,
     ) -> Result<Letter, Refusal> {
@@ -114,7 +114,7 @@ impl Ledger {
             }
         }
         Ok(Letter {
-            message: Some(message),
+            body: Some(body.into()),
             bytes,
             charge,
             ledger: self.clone(),
@@ -154,22 +154,47 @@ impl Ledger {
 /// One queued message; it stops counting in its receiver's ledger when dropped, that is
 /// once it is written (or the connection is gone).
 pub(crate) struct Letter {
-    /// Always `Some` until [`Letter::into_message`] takes it out.
-    message: Option<ServerMessage>,
+    /// Always `Some` until the letter is read ([`Letter::into_message`],
+    /// [`Letter::into_text`]).
+    body: Option<Body>,
     bytes: usize,
     charge: Charge,
     ledger: Arc<Ledger>,
 }
 
+/// What a letter carries: the message itself for an in-process reader, or its JSON for a
+/// socket, made once when the letter is posted (its length is what the letter is charged).
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// For a reader in this process.
+    Message(ServerMessage),
+    /// The message as the text frame a socket sends.
+    Text(String),
+}
+
+impl From<ServerMessage> for Body {
+    fn from(message: ServerMessage) -> Body {
+        Body::Message(message)
+    }
+}
+
 impl Letter {
-    /// The message.
-    pub(crate) fn message(&self) -> Option<&ServerMessage> {
-        self.message.as_ref()
+    /// The message, given out of the queue: it stops counting here. `None` for a letter
+    /// posted as text.
+    pub(crate) fn into_message(mut self) -> Option<ServerMessage> {
+        match self.body.take()? {
+            Body::Message(message) => Some(message),
+            Body::Text(_) => None,
+        }
     }
 
-    /// The message, given out of the queue: it stops counting here.
-    pub(crate) fn into_message(mut self) -> Option<ServerMessage> {
-        self.message.take()
+    /// The message's text frame, given out of the queue: it stops counting here. A letter
+    /// posted as a message is serialised now.
+    pub(crate) fn into_text(mut self) -> Option<String> {
+        match self.body.take()? {
+            Body::Message(message) => Some(message.to_text()),
+            Body::Text(text) => Some(text),
+        }
     }
 
     /// What the message is charged to.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::http::AddressSlot;
-use super::hub::{Allowance, Flow, Opened, PhonebookHandle};
+use super::hub::{Allowance, Flow, Opened, PhonebookHandle, Reader};
 use super::limits::{MAX_FRAME_BYTES, STALLED_AFTER};
 use super::mailbox::{Charge, Ledger, Outgoing};
 use super::phonebook::ConnId;
@@ -82,7 +82,7 @@ async fn connection(
         outgoing,
         ledger,
         kick,
-    } = server.open();
+    } = server.open(Reader::Socket);
     debug!(conn, %peer, "client connected");
     let (sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(write(server.clone(), conn, sink, outgoing, ledger, kick));
@@ -167,7 +167,7 @@ async fn write(
             None => return,
             Some(Outgoing::Message(letter)) => {
                 let list = letter.charge() == Charge::List;
-                let Some(text) = letter.message().map(|m| m.to_text()) else {
+                let Some(text) = letter.into_text() else {
                     continue;
                 };
                 // The letter counts until it is taken for writing; dropping it gives its
