@@ -67,8 +67,13 @@ pub async fn run(
             (url.clone(), Some(crate::tls::client_config(pinned)?))
         }
         None => {
-            let (addr, task, tls) =
-                start_phonebook(settings.device.listen, &settings, phonebook_stop.clone()).await?;
+            let (addr, task, tls) = start_phonebook(
+                settings.device.listen,
+                &settings,
+                embedded_access(&settings),
+                phonebook_stop.clone(),
+            )
+            .await?;
             tasks.push(task);
             let page = page_url(addr, tls.is_some());
             println!(
@@ -163,14 +168,16 @@ async fn decode_presses(
     long_press: Duration,
     commands: mpsc::Sender<Request>,
 ) {
-    let mut decoders: HashMap<gpio::ButtonId, gpio::PressDecoder> = HashMap::new();
+    let mut decoders: HashMap<&'static str, gpio::PressDecoder> = HashMap::new();
     while let Some(edge) = edges.recv().await {
         let decoder = decoders
-            .entry(edge.button)
+            .entry(edge.pin)
             .or_insert_with(|| gpio::PressDecoder::new(debounce, long_press));
-        if let Some(kind) = decoder.edge(edge.pressed, edge.at) {
-            let press = gpio::press_for(edge.button, kind);
-            info!(button = ?edge.button, ?kind, "button pressed");
+        if let Some(press) = decoder
+            .edge(edge.pressed, edge.at)
+            .and_then(|kind| gpio::press_for(edge.pin, kind))
+        {
+            info!(button = edge.pin, press = %Control::Press(press.clone()), "button pressed");
             let request = Request::unanswered(Control::Press(press));
             if commands.send(request).await.is_err() {
                 return;
@@ -187,7 +194,8 @@ pub async fn run_phonebook(
 ) -> anyhow::Result<()> {
     let mut notifier = Notifier::from_env();
     let stopping = shutdown.clone();
-    let (addr, task, tls) = start_phonebook(listen, settings, shutdown).await?;
+    let (addr, task, tls) =
+        start_phonebook(listen, settings, settings.access.clone(), shutdown).await?;
     println!(
         "peercam phonebook: open {} in a browser",
         page_url(addr, tls.is_some())
@@ -199,9 +207,35 @@ pub async fn run_phonebook(
     Ok(())
 }
 
+/// The access rules of the phonebook a daemon embeds: its configured ones, and its own
+/// bell may ring the names it rings.
+fn embedded_access(settings: &Settings) -> crate::signalling::access::AccessSettings {
+    let mut access = settings.access.clone();
+    let name = settings.name();
+    if !settings.bell.ring.is_empty() {
+        if access.callers == crate::signalling::access::CallerMode::Users {
+            for callee in &settings.bell.ring {
+                if !access.users.keys().any(|u| u.eq_ignore_ascii_case(callee)) {
+                    warn!(
+                        name = %callee,
+                        "bell.ring names someone who is not in [access.users]: they cannot go online on this phonebook to be rung"
+                    );
+                }
+            }
+        }
+        access
+            .rings
+            .entry(name)
+            .or_default()
+            .extend(settings.bell.ring.iter().cloned());
+    }
+    access
+}
+
 async fn start_phonebook(
     listen: SocketAddr,
     settings: &Settings,
+    access: crate::signalling::access::AccessSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(
     SocketAddr,
@@ -245,7 +279,7 @@ async fn start_phonebook(
         .with_ice_source(Box::new(move || {
             crate::signalling::protocol::ice_for_client(&configured, "peercam")
         }))
-        .with_access(settings.access.clone())
+        .with_access(access)
         .with_limits(settings.limits);
     let until = async move { shutdown.cancelled().await };
     let task = match &tls {

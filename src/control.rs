@@ -10,7 +10,9 @@ use std::fmt;
 
 use tokio::sync::oneshot;
 
-/// A button press.
+use crate::buttons::Button;
+
+/// A button press (the buttons and their words are [`crate::buttons::BUTTONS`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Press {
     /// Accept the oldest ringing call.
@@ -21,6 +23,40 @@ pub enum Press {
     Hangup(Option<String>),
     /// Turn do-not-disturb on or off (a long press of decline).
     DoNotDisturb,
+    /// The visitor's bell: ring the household.
+    Bell,
+}
+
+impl Press {
+    /// The press of `button`, with `reason` where the button takes one.
+    pub fn new(button: Button, reason: Option<String>) -> Press {
+        match button {
+            Button::Accept => Press::Accept,
+            Button::Decline => Press::Decline(reason),
+            Button::Dnd => Press::DoNotDisturb,
+            Button::Hangup => Press::Hangup(reason),
+            Button::Bell => Press::Bell,
+        }
+    }
+
+    /// The button this press is of.
+    pub fn button(&self) -> Button {
+        match self {
+            Press::Accept => Button::Accept,
+            Press::Decline(_) => Button::Decline,
+            Press::DoNotDisturb => Button::Dnd,
+            Press::Hangup(_) => Button::Hangup,
+            Press::Bell => Button::Bell,
+        }
+    }
+
+    /// The reason given with it, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Press::Decline(reason) | Press::Hangup(reason) => reason.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Longest accepted control line, in bytes.
@@ -42,7 +78,7 @@ pub enum Control {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
     /// The line is no request.
-    #[error("unknown command {0:?}: use accept, decline [reason], hangup [reason], dnd or status")]
+    #[error("unknown command {0:?}: use {words}, status or fault camera", words = press_words())]
     Unknown(String),
     /// The line is longer than [`MAX_LINE`].
     #[error("line longer than {MAX_LINE} bytes")]
@@ -56,6 +92,9 @@ pub enum ControlError {
     /// Hang-up with no call.
     #[error("no call to hang up")]
     NothingToHangUp,
+    /// A bell press the bell's rules refuse (already ringing, no bell configured).
+    #[error("{0}")]
+    Bell(String),
     /// `fault camera` while the camera is off.
     #[error("the camera is not running")]
     CameraNotRunning,
@@ -109,47 +148,53 @@ impl Control {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         let rest = rest.trim();
         let reason = one_line(rest);
+        if let Some(button) = Button::from_word(word)
+            && (reason.is_none() || button.row().takes_reason)
+        {
+            return Ok(Control::Press(Press::new(button, reason)));
+        }
         match word {
-            "accept" if reason.is_none() => Ok(Control::Press(Press::Accept)),
-            "decline" => Ok(Control::Press(Press::Decline(reason))),
-            "hangup" => Ok(Control::Press(Press::Hangup(reason))),
-            "dnd" if reason.is_none() => Ok(Control::Press(Press::DoNotDisturb)),
             "status" if reason.is_none() => Ok(Control::Status),
             "fault" if rest == "camera" => Ok(Control::FaultCamera),
             _ => Err(ControlError::Unknown(line.to_owned())),
         }
     }
 
-    /// The press a key of the terminal stands for: `a` accept, `d` decline, `h` hang up,
-    /// `n` do not disturb on/off.
+    /// The press a key of the terminal stands for (the keys of
+    /// [`crate::buttons::BUTTONS`]: `a` accept, `d` decline, `n` do not disturb, `h` hang
+    /// up, `b` the bell).
     pub fn from_key(key: u8) -> Option<Self> {
-        let press = match key.to_ascii_lowercase() {
-            b'a' => Press::Accept,
-            b'd' => Press::Decline(None),
-            b'h' => Press::Hangup(None),
-            b'n' => Press::DoNotDisturb,
-            _ => return None,
-        };
-        Some(Control::Press(press))
+        Button::from_key(key).map(|button| Control::Press(Press::new(button, None)))
     }
+}
+
+/// The press words for help texts: `accept, decline [reason], …`.
+fn press_words() -> String {
+    crate::buttons::BUTTONS
+        .iter()
+        .map(|row| {
+            if row.takes_reason {
+                format!("{} [reason]", row.word)
+            } else {
+                row.word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The line form, as [`Control::parse`] reads it back. A reason's line breaks become
 /// spaces: one request is one line.
 impl fmt::Display for Control {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let with_reason = |f: &mut fmt::Formatter<'_>, word: &str, reason: &Option<String>| {
-            f.write_str(word)?;
-            match reason.as_deref().and_then(one_line) {
-                Some(reason) => write!(f, " {reason}"),
-                None => Ok(()),
-            }
-        };
         match self {
-            Control::Press(Press::Accept) => f.write_str("accept"),
-            Control::Press(Press::Decline(reason)) => with_reason(f, "decline", reason),
-            Control::Press(Press::Hangup(reason)) => with_reason(f, "hangup", reason),
-            Control::Press(Press::DoNotDisturb) => f.write_str("dnd"),
+            Control::Press(press) => {
+                f.write_str(press.button().word())?;
+                match press.reason().and_then(one_line) {
+                    Some(reason) => write!(f, " {reason}"),
+                    None => Ok(()),
+                }
+            }
             Control::Status => f.write_str("status"),
             Control::FaultCamera => f.write_str("fault camera"),
         }
@@ -220,6 +265,8 @@ mod tests {
         );
         assert!(Control::parse("launch").is_err());
         assert!(Control::parse("fault").is_err());
+        assert_eq!(Control::parse("bell"), Ok(Control::Press(Press::Bell)));
+        assert!(Control::parse("bell now").is_err());
         assert_eq!(
             Control::parse(&"x".repeat(MAX_LINE + 1)),
             Err(ControlError::TooLong)
@@ -235,6 +282,7 @@ mod tests {
             Control::Press(Press::Hangup(None)),
             Control::Press(Press::Hangup(Some("bye".into()))),
             Control::Press(Press::DoNotDisturb),
+            Control::Press(Press::Bell),
             Control::Status,
             Control::FaultCamera,
         ];
@@ -276,7 +324,7 @@ mod tests {
         #[test]
         fn any_line_parses_or_is_refused_and_what_prints_reads_back(line in proptest::prop_oneof![
             ".{0,80}",
-            "(accept|decline|hangup|dnd|status|fault)[ \t\u{7}\u{85}\u{2003}a-z]{0,20}",
+            "(accept|decline|hangup|dnd|bell|status|fault)[ \t\u{7}\u{85}\u{2003}a-z]{0,20}",
         ]) {
             // Whatever a client sends, parsing answers; what parses prints as a line that
             // parses to the same request.
@@ -312,6 +360,7 @@ mod tests {
             Control::from_key(b'n'),
             Some(Control::Press(Press::DoNotDisturb))
         );
+        assert_eq!(Control::from_key(b'b'), Some(Control::Press(Press::Bell)));
         assert_eq!(Control::from_key(b'x'), None);
     }
 

@@ -29,6 +29,7 @@
 //! (`tests/layering.rs` checks).
 
 pub mod app;
+pub mod buttons;
 pub mod call;
 pub mod cli;
 pub mod config;

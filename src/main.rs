@@ -47,7 +47,7 @@ enum Command {
     /// Press a simulated button of a running daemon.
     Press {
         /// Which button.
-        button: Button,
+        button: peercam::buttons::Button,
         /// The reason given to the caller (decline, hangup).
         #[arg(long)]
         reason: Option<String>,
@@ -108,15 +108,6 @@ enum Command {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Button {
-    Accept,
-    Decline,
-    Hangup,
-    /// Do not disturb on/off (the decline button's long press).
-    Dnd,
 }
 
 #[derive(clap::Args)]
@@ -262,13 +253,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             control,
         } => {
-            let press = match button {
-                Button::Accept => Press::Accept,
-                Button::Decline => Press::Decline(reason),
-                Button::Hangup => Press::Hangup(reason),
-                Button::Dnd => Press::DoNotDisturb,
-            };
-            control_command(control, Control::Press(press)).await
+            if reason.is_some() && !button.row().takes_reason {
+                eprintln!("peercam: {} takes no --reason", button.word());
+                return Ok(ExitCode::FAILURE);
+            }
+            control_command(control, Control::Press(Press::new(button, reason))).await
         }
         Command::Status { control } => control_command(control, Control::Status).await,
         Command::Boards => {

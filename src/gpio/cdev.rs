@@ -31,7 +31,7 @@ impl CdevGpio {
                 "no GPIO chip at {chip}: set gpio.chip to one of /dev/gpiochip*, or use --board dev on a machine without GPIO"
             );
         }
-        for (button, pin) in super::buttons(settings) {
+        for (pin_name, pin) in super::buttons(settings) {
             let mut builder = Request::builder();
             builder
                 .on_chip(chip)
@@ -50,19 +50,19 @@ impl CdevGpio {
             }
             let request = builder.request().with_context(|| {
                 format!(
-                    "cannot claim line {} of {chip} for the {button:?} button",
+                    "cannot claim line {} of {chip} for the {pin_name} button",
                     pin.line
                 )
             })?;
             let edges = edges.clone();
             std::thread::Builder::new()
-                .name(format!("gpio-{button:?}"))
+                .name(format!("gpio-{pin_name}"))
                 .spawn(move || {
                     loop {
                         match request.read_edge_event() {
                             Ok(event) => {
                                 let edge = Edge {
-                                    button,
+                                    pin: pin_name,
                                     pressed: event.kind == EdgeKind::Rising,
                                     at: Duration::from_nanos(event.timestamp_ns),
                                 };
@@ -71,7 +71,7 @@ impl CdevGpio {
                                 }
                             }
                             Err(err) => {
-                                warn!(%err, ?button, "cannot read the button; it stops working");
+                                warn!(%err, button = pin_name, "cannot read the button; it stops working");
                                 return;
                             }
                         }

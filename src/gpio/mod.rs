@@ -7,7 +7,7 @@
 //! backends ([`rpi`] through rppal, [`cdev`] through the GPIO character device) report
 //! raw [`Edge`]s with the kernel's timestamps; [`PressDecoder`] turns them into short and
 //! long presses, so debounce and long-press rules are tested without pins. Outputs go
-//! through the [`Indicators`] trait; [`indicator_levels`] says what they should show.
+//! through the [`Indicators`] trait; the device core says what they should show.
 
 mod backend;
 #[cfg(feature = "cdev")]
@@ -23,24 +23,14 @@ use std::time::Duration;
 
 use settings::{GpioSettings, PinSettings};
 
+use crate::buttons::Button;
 use crate::control::Press;
-
-/// A physical button.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ButtonId {
-    /// Accepts the ringing call.
-    Accept,
-    /// Declines it; a long press turns do-not-disturb on or off.
-    Decline,
-    /// Ends every call.
-    Hangup,
-}
 
 /// A button's pin changed level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edge {
-    /// Which button.
-    pub button: ButtonId,
+    /// Which button, by its pin's name (a `[gpio]` key of [`crate::buttons::BUTTONS`]).
+    pub pin: &'static str,
     /// True when the button went down (after applying active-low).
     pub pressed: bool,
     /// When, on the kernel's monotonic clock.
@@ -105,14 +95,9 @@ impl PressDecoder {
     }
 }
 
-/// What a completed press means.
-pub fn press_for(button: ButtonId, kind: PressKind) -> Press {
-    match (button, kind) {
-        (ButtonId::Accept, _) => Press::Accept,
-        (ButtonId::Decline, PressKind::Short) => Press::Decline(None),
-        (ButtonId::Decline, PressKind::Long) => Press::DoNotDisturb,
-        (ButtonId::Hangup, _) => Press::Hangup(None),
-    }
+/// What a completed press of the button on `pin` means.
+pub fn press_for(pin: &str, kind: PressKind) -> Option<Press> {
+    Button::on_pin(pin, kind == PressKind::Long).map(|button| Press::new(button, None))
 }
 
 /// An output a person sees or hears.
@@ -124,7 +109,17 @@ pub enum Output {
     OnAirLed,
     /// Beeps while a call rings.
     Buzzer,
+    /// A relay for a door strike: opens the door while on.
+    Door,
 }
+
+/// Every output with the `[gpio]` key of its pin.
+pub const OUTPUTS: &[(Output, &str)] = &[
+    (Output::RingLed, "ring_led"),
+    (Output::OnAirLed, "on_air_led"),
+    (Output::Buzzer, "buzzer"),
+    (Output::Door, "door"),
+];
 
 /// The levels of every output at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -135,40 +130,9 @@ pub struct Levels {
     pub on_air_led: bool,
     /// Buzzer sounding.
     pub buzzer: bool,
+    /// Door strike released.
+    pub door: bool,
 }
-
-/// Ring LED blink half-period.
-pub const BLINK: Duration = Duration::from_millis(250);
-
-/// What the outputs show: the ring LED blinks at 2 Hz and the buzzer beeps 0.4 s every
-/// 2 s while a call has rung for `ringing_for`; the on-air LED is lit while anyone watches.
-pub fn indicator_levels(ringing_for: Option<Duration>, watching: bool) -> Levels {
-    let ring_phase = |period_ms: u128, on_ms: u128| {
-        ringing_for.is_some_and(|d| d.as_millis() % period_ms < on_ms)
-    };
-    Levels {
-        ring_led: ring_phase(2 * BLINK.as_millis(), BLINK.as_millis()),
-        on_air_led: watching,
-        buzzer: ring_phase(BUZZER_PERIOD_MS, BUZZER_ON_MS),
-    }
-}
-
-/// How long after `ringing_for` of ringing [`indicator_levels`] next changes (the ring
-/// LED's or the buzzer's next edge), so the daemon wakes for it rather than polling.
-pub fn next_indicator_change(ringing_for: Duration) -> Duration {
-    let ms = ringing_for.as_millis();
-    let next_edge = |period: u128, on: u128| {
-        let phase = ms % period;
-        ms - phase + if phase < on { on } else { period }
-    };
-    let blink = BLINK.as_millis();
-    let next = next_edge(2 * blink, blink).min(next_edge(BUZZER_PERIOD_MS, BUZZER_ON_MS));
-    Duration::from_millis(u64::try_from(next).unwrap_or(u64::MAX)).saturating_sub(ringing_for)
-}
-
-/// The buzzer's beep period and length, in ms.
-const BUZZER_PERIOD_MS: u128 = 2000;
-const BUZZER_ON_MS: u128 = 400;
 
 /// Outputs a person sees or hears.
 pub trait Indicators: Send {
@@ -179,32 +143,42 @@ pub trait Indicators: Send {
     fn show(&mut self, levels: Levels) -> anyhow::Result<()> {
         self.set(Output::RingLed, levels.ring_led)?;
         self.set(Output::OnAirLed, levels.on_air_led)?;
-        self.set(Output::Buzzer, levels.buzzer)
+        self.set(Output::Buzzer, levels.buzzer)?;
+        self.set(Output::Door, levels.door)
     }
 }
 
-/// The buttons a board has, with their pins.
-pub fn buttons(settings: &GpioSettings) -> Vec<(ButtonId, PinSettings)> {
-    [
-        (ButtonId::Accept, settings.accept),
-        (ButtonId::Decline, settings.decline),
-        (ButtonId::Hangup, settings.hangup),
-    ]
-    .into_iter()
-    .filter_map(|(id, pin)| pin.map(|p| (id, p)))
-    .collect()
+/// The buttons a board has: their pins' names and settings.
+pub fn buttons(settings: &GpioSettings) -> Vec<(&'static str, PinSettings)> {
+    crate::buttons::button_pins()
+        .into_iter()
+        .filter_map(|name| settings.pin(name).map(|pin| (name, pin)))
+        .collect()
+}
+
+/// Checks that every pin in `settings` is named after a button or an output. (The pins
+/// are a map, so serde cannot refuse an unknown key for us.)
+pub fn validate_pins(settings: &GpioSettings) -> Result<(), String> {
+    let buttons = crate::buttons::button_pins();
+    let outputs: Vec<&str> = OUTPUTS.iter().map(|(_, name)| *name).collect();
+    for name in settings.pins.keys() {
+        if !buttons.contains(&name.as_str()) && !outputs.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown key gpio.{name}: the buttons' pins are {}, the outputs' {}",
+                buttons.join(", "),
+                outputs.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The outputs a board has, with their pins.
 pub fn outputs(settings: &GpioSettings) -> Vec<(Output, PinSettings)> {
-    [
-        (Output::RingLed, settings.ring_led),
-        (Output::OnAirLed, settings.on_air_led),
-        (Output::Buzzer, settings.buzzer),
-    ]
-    .into_iter()
-    .filter_map(|(id, pin)| pin.map(|p| (id, p)))
-    .collect()
+    OUTPUTS
+        .iter()
+        .filter_map(|(output, name)| settings.pin(name).map(|pin| (*output, pin)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -245,14 +219,15 @@ mod tests {
         assert_eq!(d.edge(true, ms(3000)), None);
         assert_eq!(d.edge(false, ms(4500)), Some(PressKind::Long));
         assert_eq!(
-            press_for(ButtonId::Decline, PressKind::Long),
-            Press::DoNotDisturb
+            press_for("decline", PressKind::Long),
+            Some(Press::DoNotDisturb)
         );
         assert_eq!(
-            press_for(ButtonId::Decline, PressKind::Short),
-            Press::Decline(None)
+            press_for("decline", PressKind::Short),
+            Some(Press::Decline(None))
         );
-        assert_eq!(press_for(ButtonId::Accept, PressKind::Long), Press::Accept);
+        assert_eq!(press_for("accept", PressKind::Long), Some(Press::Accept));
+        assert_eq!(press_for("bell", PressKind::Short), Some(Press::Bell));
     }
 
     #[test]
@@ -262,35 +237,5 @@ mod tests {
         assert_eq!(d.edge(true, ms(200)), None);
         assert_eq!(d.edge(true, ms(300)), None);
         assert_eq!(d.edge(false, ms(400)), Some(PressKind::Short));
-    }
-
-    #[test]
-    fn ring_led_blinks_and_buzzer_beeps_only_while_ringing() {
-        let quiet = indicator_levels(None, false);
-        assert_eq!(quiet, Levels::default());
-        assert!(indicator_levels(Some(ms(0)), false).ring_led);
-        assert!(!indicator_levels(Some(ms(260)), false).ring_led);
-        assert!(indicator_levels(Some(ms(510)), false).ring_led);
-        assert!(indicator_levels(Some(ms(100)), false).buzzer);
-        assert!(!indicator_levels(Some(ms(500)), false).buzzer);
-        assert!(indicator_levels(None, true).on_air_led);
-    }
-
-    #[test]
-    fn the_next_change_is_the_next_edge_of_either_output() {
-        assert_eq!(next_indicator_change(ms(0)), ms(250));
-        assert_eq!(next_indicator_change(ms(100)), ms(150));
-        assert_eq!(next_indicator_change(ms(380)), ms(20));
-        assert_eq!(next_indicator_change(ms(1999)), ms(1));
-        // At every step the levels hold until the predicted change, and differ after it.
-        let mut t = ms(0);
-        for _ in 0..40 {
-            let step = next_indicator_change(t);
-            assert!(step > Duration::ZERO);
-            let before = indicator_levels(Some(t + step - ms(1)), false);
-            assert_eq!(indicator_levels(Some(t), false), before);
-            assert_ne!(indicator_levels(Some(t + step), false), before);
-            t += step;
-        }
     }
 }

@@ -32,9 +32,9 @@ impl RpiGpio {
         })?;
         let debounce = Duration::from_millis(settings.debounce_ms);
         let mut inputs = Vec::new();
-        for (button, pin) in super::buttons(settings) {
+        for (pin_name, pin) in super::buttons(settings) {
             let raw = gpio.get(bcm(pin.line)?).with_context(|| {
-                format!("cannot claim GPIO {} for the {button:?} button", pin.line)
+                format!("cannot claim GPIO {} for the {pin_name} button", pin.line)
             })?;
             let mut input = match pin.bias {
                 Bias::PullUp => raw.into_input_pullup(),
@@ -47,7 +47,7 @@ impl RpiGpio {
                 .set_async_interrupt(Trigger::Both, Some(debounce), move |event| {
                     let high = event.trigger == Trigger::RisingEdge;
                     let _ = edges.send(Edge {
-                        button,
+                        pin: pin_name,
                         pressed: high != active_low,
                         at: event.timestamp,
                     });

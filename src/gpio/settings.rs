@@ -1,6 +1,8 @@
 //! The board's pins as its profile names them (`[gpio]`): which driver, which lines, and
 //! how buttons are debounced. `crate::config` layers these; the backends read them.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// Which GPIO driver runs the buttons and lights.
@@ -46,7 +48,7 @@ pub struct PinSettings {
 
 /// Buttons and lights.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct GpioSettings {
     /// Which driver.
     pub backend: GpioBackend,
@@ -56,18 +58,11 @@ pub struct GpioSettings {
     pub debounce_ms: u64,
     /// A press held this long is a long press (decline: do not disturb).
     pub long_press_ms: u64,
-    /// The accept button.
-    pub accept: Option<PinSettings>,
-    /// The decline button (long press: do not disturb on/off).
-    pub decline: Option<PinSettings>,
-    /// The optional hang-up button.
-    pub hangup: Option<PinSettings>,
-    /// LED that blinks while a call rings.
-    pub ring_led: Option<PinSettings>,
-    /// LED lit while anyone watches.
-    pub on_air_led: Option<PinSettings>,
-    /// Buzzer that beeps while a call rings.
-    pub buzzer: Option<PinSettings>,
+    /// The pins, by the names of the buttons ([`crate::buttons::BUTTONS`]: `accept`,
+    /// `decline`, `hangup`, `bell`) and of the outputs ([`super::OUTPUTS`]: `ring_led`,
+    /// `on_air_led`, `buzzer`, `door`); [`super::validate_pins`] refuses other names.
+    #[serde(flatten)]
+    pub pins: BTreeMap<String, PinSettings>,
 }
 
 impl Default for GpioSettings {
@@ -77,12 +72,14 @@ impl Default for GpioSettings {
             chip: "/dev/gpiochip0".into(),
             debounce_ms: 30,
             long_press_ms: 1500,
-            accept: None,
-            decline: None,
-            hangup: None,
-            ring_led: None,
-            on_air_led: None,
-            buzzer: None,
+            pins: BTreeMap::new(),
         }
+    }
+}
+
+impl GpioSettings {
+    /// The pin named `name`, if the board has one.
+    pub fn pin(&self, name: &str) -> Option<PinSettings> {
+        self.pins.get(name).copied()
     }
 }
