@@ -7,9 +7,12 @@
 //! here touches a socket, GStreamer or a clock, so every transition is tested with
 //! simulated time.
 //!
-//! States follow deepstream's WebRTC call: INITIAL → RINGING → ACCEPTED → ESTABLISHED →
-//! ENDED, or DECLINED, or ERROR (`CONNECTING` is the caller's state between sending the
-//! offer and hearing it ring; the device never is in it).
+//! States follow deepstream's WebRTC call. A call has a [`Role`]: the device answers it
+//! (an incoming call: INITIAL → RINGING → ACCEPTED → ESTABLISHED → ENDED, or DECLINED, or
+//! ERROR) or places it (the bell: INITIAL → CONNECTING while the offer waits for the
+//! callee → RINGING → ACCEPTED → ESTABLISHED → ENDED, or DECLINED, or ERROR). A placed
+//! call may carry media while it rings (the callee's page previews the camera): its
+//! connection coming up then changes no state, and the answer finds it established.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -96,6 +99,16 @@ impl AnswerRules {
     }
 }
 
+/// Which end of the call the device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Someone called the device; it answers.
+    Callee,
+    /// The device called someone (the bell).
+    Caller,
+}
+
 /// What happened to the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -113,8 +126,18 @@ pub enum Input {
     PeerLost(String),
     /// The caller hung up, or the phonebook says it went away.
     RemoteHangup(String),
-    /// The device ends the call (hang-up button, shutdown).
+    /// The device ends the call (hang-up button, shutdown, someone else answered).
     LocalHangup(String),
+    /// Caller role: the offer went out to the callee.
+    Placed,
+    /// Caller role: the offer could not be made.
+    OfferFailed(String),
+    /// Caller role: the callee rings.
+    Rang,
+    /// Caller role: the callee answered.
+    Answered,
+    /// Caller role: the callee declined, with this reason.
+    Refused(String),
 }
 
 /// What the owner of the call must do.
@@ -130,6 +153,9 @@ pub enum Action {
     SendHangup(String),
     /// Close the peer connection.
     ClosePeer,
+    /// Caller role: the callee answered; start what was held back until then (the
+    /// microphone, the speaker).
+    OpenMedia,
     /// The state changed to this one (with the reason, for the terminal states).
     StateChanged(CallState, Option<String>),
 }
@@ -143,24 +169,52 @@ pub const CONNECT_FAILED: &str = "could not connect";
 /// How long an accepted call may take to connect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One incoming call on the device.
+/// How long a placed call waits for the callee to ring, decline or answer.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reason sent when a placed call's callee does not reply in time.
+pub const NO_REPLY: &str = "no reply";
+
+/// One call on the device.
 #[derive(Debug, Clone)]
 pub struct Call {
+    role: Role,
     state: CallState,
     since: Instant,
-    ring_timeout: Duration,
+    /// How long an incoming call rings; a placed one rings until its owner decides.
+    ring_timeout: Option<Duration>,
     reason: Option<String>,
+    /// Caller role: the connection came up while the callee still rang.
+    media_up: bool,
 }
 
 impl Call {
-    /// A new call, created at `now`; rings for at most `ring_timeout`.
+    /// A new incoming call, created at `now`; rings for at most `ring_timeout`.
     pub fn new(now: Instant, ring_timeout: Duration) -> Self {
         Call {
+            role: Role::Callee,
             state: CallState::Initial,
             since: now,
-            ring_timeout,
+            ring_timeout: Some(ring_timeout),
             reason: None,
+            media_up: false,
         }
+    }
+
+    /// A call the device places, created at `now` while its offer is made. It rings until
+    /// its owner hangs up ([`Input::LocalHangup`]); the callee has [`REPLY_TIMEOUT`] to
+    /// reply to the offer.
+    pub fn outgoing(now: Instant) -> Self {
+        Call {
+            role: Role::Caller,
+            ring_timeout: None,
+            ..Call::new(now, Duration::ZERO)
+        }
+    }
+
+    /// Which end the device is.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The current state.
@@ -178,7 +232,8 @@ impl Call {
         // `call.ring_timeout_secs` may be any u64: a timeout past what an Instant can hold
         // means ringing until someone decides, not a panic on every tick.
         match self.state {
-            CallState::Ringing => self.since.checked_add(self.ring_timeout),
+            CallState::Ringing => self.ring_timeout.and_then(|t| self.since.checked_add(t)),
+            CallState::Connecting => self.since.checked_add(REPLY_TIMEOUT),
             CallState::Accepted => self.since.checked_add(CONNECT_TIMEOUT),
             _ => None,
         }
@@ -189,6 +244,7 @@ impl Call {
         match self.deadline() {
             Some(due) if now >= due => match self.state {
                 CallState::Ringing => self.decline(now, NO_ANSWER.into()),
+                CallState::Connecting => self.end(now, NO_REPLY.into(), true),
                 _ => self.end(now, CONNECT_FAILED.into(), true),
             },
             _ => Vec::new(),
@@ -197,6 +253,58 @@ impl Call {
 
     /// Applies `input` at `now`.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        match self.role {
+            Role::Callee => self.handle_incoming(input, now),
+            Role::Caller => self.handle_outgoing(input, now),
+        }
+    }
+
+    fn handle_outgoing(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        use CallState::*;
+        match (self.state, input) {
+            (Initial, Input::Placed) => self.go(Connecting, now, None),
+            (Initial, Input::OfferFailed(reason)) => {
+                let mut actions = vec![Action::ClosePeer];
+                actions.extend(self.go(Error, now, Some(reason)));
+                actions
+            }
+            (Initial, Input::LocalHangup(reason) | Input::RemoteHangup(reason)) => {
+                let mut actions = vec![Action::ClosePeer];
+                actions.extend(self.go(Ended, now, Some(reason)));
+                actions
+            }
+            (Connecting, Input::Rang) => self.go(Ringing, now, None),
+            (Connecting | Ringing, Input::Answered) => {
+                let state = if self.media_up { Established } else { Accepted };
+                let mut actions = vec![Action::OpenMedia];
+                actions.extend(self.go(state, now, None));
+                actions
+            }
+            (Connecting | Ringing, Input::Refused(reason)) => {
+                let mut actions = vec![Action::ClosePeer];
+                actions.extend(self.go(Declined, now, Some(reason)));
+                actions
+            }
+            (Connecting | Ringing, Input::PeerConnected) => {
+                self.media_up = true;
+                Vec::new()
+            }
+            (Accepted, Input::PeerConnected) => self.go(Established, now, None),
+            (Connecting | Ringing | Accepted | Established, Input::PeerLost(reason)) => {
+                self.end(now, reason, true)
+            }
+            (Connecting | Ringing | Accepted | Established, Input::RemoteHangup(reason)) => {
+                self.end(now, reason, false)
+            }
+            (Connecting | Ringing | Accepted | Established, Input::LocalHangup(reason)) => {
+                self.end(now, reason, true)
+            }
+            // Late or duplicated: a second answer, a reply after the device hung up.
+            _ => Vec::new(),
+        }
+    }
+
+    fn handle_incoming(&mut self, input: Input, now: Instant) -> Vec<Action> {
         use CallState::*;
         match (self.state, input) {
             (Initial, Input::Offered(Admission::Decline(reason))) => self.decline(now, reason),
@@ -440,5 +548,101 @@ mod tests {
             actions[0],
             Action::SendDecline("camera shutting down".into())
         );
+    }
+
+    fn placed(t0: Instant) -> Call {
+        let mut call = Call::outgoing(t0);
+        assert_eq!(call.role(), Role::Caller);
+        assert_eq!(
+            call.handle(Input::Placed, t0),
+            vec![Action::StateChanged(CallState::Connecting, None)]
+        );
+        call
+    }
+
+    #[test]
+    fn a_placed_call_rings_then_connects_early_and_is_established_on_the_answer() {
+        let t0 = Instant::now();
+        let mut call = placed(t0);
+        assert_eq!(call.deadline(), Some(t0 + REPLY_TIMEOUT));
+        call.handle(Input::Rang, t0);
+        assert_eq!(call.state(), CallState::Ringing);
+        // Rings until its owner decides.
+        assert_eq!(call.deadline(), None);
+        assert!(call.handle(Input::PeerConnected, t0).is_empty());
+        assert_eq!(call.state(), CallState::Ringing);
+        let actions = call.handle(Input::Answered, t0 + Duration::from_secs(4));
+        assert_eq!(
+            actions,
+            vec![
+                Action::OpenMedia,
+                Action::StateChanged(CallState::Established, None)
+            ]
+        );
+        // A second answer changes nothing.
+        assert!(call.handle(Input::Answered, t0).is_empty());
+    }
+
+    #[test]
+    fn a_placed_call_answered_before_it_connects_waits_for_the_connection() {
+        let t0 = Instant::now();
+        let mut call = placed(t0);
+        call.handle(Input::Answered, t0);
+        assert_eq!(call.state(), CallState::Accepted);
+        assert_eq!(call.deadline(), Some(t0 + CONNECT_TIMEOUT));
+        call.handle(Input::PeerConnected, t0);
+        assert_eq!(call.state(), CallState::Established);
+    }
+
+    #[test]
+    fn a_placed_call_ends_by_decline_cancel_silence_or_a_failed_offer() {
+        let t0 = Instant::now();
+        let mut call = placed(t0);
+        call.handle(Input::Rang, t0);
+        let actions = call.handle(Input::Refused("busy".into()), t0);
+        assert_eq!(actions[0], Action::ClosePeer);
+        assert_eq!(call.state(), CallState::Declined);
+        assert_eq!(call.reason(), Some("busy"));
+
+        let mut call = placed(t0);
+        call.handle(Input::Rang, t0);
+        let actions = call.handle(Input::LocalHangup("answered by ada".into()), t0);
+        assert_eq!(actions[0], Action::SendHangup("answered by ada".into()));
+        assert_eq!(call.state(), CallState::Ended);
+
+        let mut call = placed(t0);
+        assert!(
+            call.poll(t0 + REPLY_TIMEOUT - Duration::from_millis(1))
+                .is_empty()
+        );
+        let actions = call.poll(t0 + REPLY_TIMEOUT);
+        assert_eq!(actions[0], Action::SendHangup(NO_REPLY.into()));
+        assert_eq!(call.state(), CallState::Ended);
+
+        let mut call = Call::outgoing(t0);
+        let actions = call.handle(Input::OfferFailed("no camera".into()), t0);
+        assert_eq!(actions[0], Action::ClosePeer);
+        assert_eq!(call.state(), CallState::Error);
+        // Nothing was sent, so nothing is told on a hang-up before the offer went out.
+        let mut call = Call::outgoing(t0);
+        let actions = call.handle(Input::LocalHangup("bye".into()), t0);
+        assert!(!actions.iter().any(|a| matches!(a, Action::SendHangup(_))));
+        assert_eq!(call.state(), CallState::Ended);
+    }
+
+    #[test]
+    fn roles_do_not_take_each_others_inputs() {
+        let t0 = Instant::now();
+        let mut incoming = ringing(t0);
+        assert!(incoming.handle(Input::Answered, t0).is_empty());
+        assert_eq!(incoming.state(), CallState::Ringing);
+        let mut outgoing = placed(t0);
+        assert!(outgoing.handle(Input::Accept, t0).is_empty());
+        assert!(
+            outgoing
+                .handle(Input::Offered(Admission::Accept), t0)
+                .is_empty()
+        );
+        assert_eq!(outgoing.state(), CallState::Connecting);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use peercam::call::{
     Action, Admission, AnswerRules, BUSY, CONNECT_FAILED, CONNECT_TIMEOUT, Call, CallState, Input,
-    NO_ANSWER,
+    NO_ANSWER, REPLY_TIMEOUT,
 };
 use peercam::signalling::phonebook::{ConnId, MAX_MESSAGE_BYTES, Output, Phonebook};
 use peercam::signalling::protocol::{ClientMessage, Presence, ServerMessage};
@@ -655,7 +655,7 @@ struct Harness {
 fn call_id_of(msg: &ServerMessage) -> Option<&str> {
     match msg {
         ServerMessage::IncomingCall { call_id, .. }
-        | ServerMessage::Ringing { call_id }
+        | ServerMessage::Ringing { call_id, .. }
         | ServerMessage::Accepted { call_id, .. }
         | ServerMessage::Declined { call_id, .. }
         | ServerMessage::Candidate { call_id, .. }
@@ -1174,6 +1174,9 @@ fn check_actions(
                 prop_assert_eq!(ledger.told, 0, "the caller was told twice");
                 ledger.told += 1;
             }
+            Action::OpenMedia => {
+                prop_assert!(false, "an incoming call opened a placed call's media")
+            }
         }
     }
     prop_assert_eq!(call.state(), state, "actions {:?}", actions);
@@ -1300,6 +1303,76 @@ proptest! {
             prop_assert!(call.state().is_over(), "{:?} survived a hang-up", call.state());
             check_closed(&call, &ledger)?;
         }
+    }
+
+    /// A call the device places (the bell), fed anything in any order: it moves only
+    /// forward, opens its held-back media at most once and only when answered, closes its
+    /// peer exactly once, and a hang-up at the device ends it from any state.
+    #[test]
+    fn placed_calls_end_cleanly_whatever_happens(
+        steps in prop::collection::vec(prop_oneof![
+            4 => prop_oneof![
+                3 => Just(Input::Placed),
+                2 => Just(Input::Rang),
+                2 => Just(Input::Answered),
+                1 => reason().prop_map(Input::Refused),
+                1 => reason().prop_map(Input::OfferFailed),
+            ].prop_map(Step::Input),
+            4 => input().prop_map(Step::Input),
+            2 => prop_oneof![Just(REPLY_TIMEOUT), Just(CONNECT_TIMEOUT), (0u64..40).prop_map(Duration::from_secs)]
+                .prop_map(Step::Advance),
+            2 => Just(Step::Poll),
+        ], 0..60),
+    ) {
+        use CallState::*;
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut call = Call::outgoing(t0);
+        let (mut opened, mut closed, mut hung_up) = (0, 0, 0);
+        let forward = |from: CallState, to: CallState| matches!(
+            (from, to),
+            (Initial, Connecting | Error | Ended)
+                | (Connecting, Ringing | Accepted | Established | Declined | Ended)
+                | (Ringing, Accepted | Established | Declined | Ended)
+                | (Accepted, Established | Ended)
+                | (Established, Ended)
+        );
+        let last = Step::Input(Input::LocalHangup("hung up at the device".into()));
+        for step in steps.into_iter().chain([last]) {
+            let before = call.state();
+            let actions = match step {
+                Step::Advance(by) => {
+                    now += by;
+                    continue;
+                }
+                Step::Poll => call.poll(now),
+                Step::Input(input) => call.handle(input, now),
+            };
+            if before.is_over() {
+                prop_assert!(actions.is_empty(), "a finished call acted: {:?}", actions);
+            }
+            let mut state = before;
+            for action in &actions {
+                match action {
+                    Action::StateChanged(next, _) => {
+                        prop_assert!(forward(state, *next), "{:?} -> {:?}", state, next);
+                        state = *next;
+                    }
+                    Action::OpenMedia => opened += 1,
+                    Action::ClosePeer => closed += 1,
+                    Action::SendHangup(_) => hung_up += 1,
+                    other => prop_assert!(false, "a placed call asked for {:?}", other),
+                }
+            }
+            prop_assert_eq!(call.state(), state);
+            prop_assert!(opened <= 1 && closed <= 1 && hung_up <= 1);
+            if opened == 1 {
+                prop_assert!(matches!(state, Accepted | Established | Ended), "{:?}", state);
+            }
+            prop_assert_eq!(closed == 1, state.is_over(), "{:?}", state);
+        }
+        prop_assert!(call.state().is_over(), "{:?} survived a hang-up", call.state());
+        prop_assert_eq!(call.deadline(), None);
     }
 
     #[test]
