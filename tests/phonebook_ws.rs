@@ -13,6 +13,7 @@ use peercam::signalling::protocol::{
     Callee, ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Presence,
     ServerMessage,
 };
+use peercam::signalling::phonebook::MAX_SDP_BYTES;
 use peercam::signalling::server::{Limits, PhonebookServer};
 use serde_json::{Value, json};
 use tokio::time::timeout;
@@ -396,12 +397,14 @@ async fn a_call_is_relayed_between_the_two_ends() {
     device
         .send(&ClientMessage::Ringing {
             call_id: "c-7f3a9e2b".into(),
+            sdp: None,
         })
         .await;
     assert_eq!(
         caller.recv().await,
         ServerMessage::Ringing {
-            call_id: "c-7f3a9e2b".into()
+            call_id: "c-7f3a9e2b".into(),
+            sdp: None,
         }
     );
 
@@ -552,6 +555,69 @@ async fn a_decline_reason_arrives_verbatim() {
         .await;
     device.expect_error(ErrorCode::UnknownCall).await;
     caller.expect_no_message(QUIET_MS).await;
+    server.stop().await;
+}
+
+/// The bell's way round: a registered device calls a page; the page sees which device
+/// calls (vouched for by the phonebook, not by the caller), and its early answer in
+/// `ringing` reaches the device.
+#[tokio::test]
+async fn a_device_rings_a_page_that_answers_early() {
+    let server = Server::start(PhonebookServer::new(Vec::new())).await;
+    let mut page = Client::greeted(server.addr).await;
+    page.register("ada", json!({"kind": "browser"})).await;
+    let mut door = Client::greeted(server.addr).await;
+    door.register("front-door", json!({"kind": "camera"})).await;
+    door.send(&ClientMessage::Call {
+        call_id: "b-1".into(),
+        callee: "ada".into(),
+        meta: json!({"kind": "bell", "callerName": "front-door", "device": "back-door"}),
+        sdp: "v=0\r\n".into(),
+    })
+    .await;
+    match page.recv().await {
+        ServerMessage::IncomingCall { meta, .. } => {
+            assert_eq!(meta["device"], "front-door", "the claimed device is replaced");
+            assert_eq!(meta["kind"], "bell");
+        }
+        other => panic!("expected incoming_call, got {other:?}"),
+    }
+    let answer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n";
+    page.send(&ClientMessage::Ringing {
+        call_id: "b-1".into(),
+        sdp: Some(answer.into()),
+    })
+    .await;
+    assert_eq!(
+        door.recv().await,
+        ServerMessage::Ringing {
+            call_id: "b-1".into(),
+            sdp: Some(answer.into())
+        }
+    );
+    // An early answer is an SDP like any other: no larger than the limit.
+    page.send(&ClientMessage::Ringing {
+        call_id: "b-1".into(),
+        sdp: Some("v".repeat(MAX_SDP_BYTES + 1)),
+    })
+    .await;
+    page.expect_error(ErrorCode::TooLarge).await;
+    door.expect_no_message(QUIET_MS).await;
+
+    // A caller that holds no name cannot pose as a device.
+    let mut stranger = Client::greeted(server.addr).await;
+    stranger
+        .send(&ClientMessage::Call {
+            call_id: "x-1".into(),
+            callee: "ada".into(),
+            meta: json!({"kind": "bell", "device": "front-door"}),
+            sdp: "v=0\r\n".into(),
+        })
+        .await;
+    match page.recv().await {
+        ServerMessage::IncomingCall { meta, .. } => assert_eq!(meta.get("device"), None),
+        other => panic!("expected incoming_call, got {other:?}"),
+    }
     server.stop().await;
 }
 

@@ -74,6 +74,8 @@ pub struct AccessSettings {
     pub devices: BTreeMap<String, String>,
     /// Who may call whom, first match wins (users mode).
     pub rules: Vec<Rule>,
+    /// Device name → the callee names that device may call (its bell rings them).
+    pub rings: BTreeMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for AccessSettings {
@@ -88,6 +90,7 @@ impl std::fmt::Debug for AccessSettings {
             .field("users", &self.users.keys().collect::<Vec<_>>())
             .field("devices", &self.devices.keys().collect::<Vec<_>>())
             .field("rules", &self.rules)
+            .field("rings", &self.rings)
             .finish()
     }
 }
@@ -125,6 +128,13 @@ impl AccessSettings {
                 );
             }
             _ => {}
+        }
+        for device in self.rings.keys() {
+            if !self.devices.keys().any(|d| d.eq_ignore_ascii_case(device)) {
+                return Err(format!(
+                    "access.rings names {device:?}, which is not in [access.devices]: only a device with its token may ring"
+                ));
+            }
         }
         for rule in &self.rules {
             for user in &rule.allow {
@@ -222,6 +232,21 @@ impl AccessSettings {
                     Ok(())
                 } else {
                     Err(Refused::Forbidden(format!("{user} may not call {callee}")))
+                }
+            }
+            (_, Identity::Device(names)) => {
+                let rings = names.iter().any(|name| {
+                    self.rings.iter().any(|(device, callees)| {
+                        device.eq_ignore_ascii_case(name)
+                            && callees.iter().any(|c| c.eq_ignore_ascii_case(callee))
+                    })
+                });
+                if rings {
+                    Ok(())
+                } else {
+                    Err(Refused::Forbidden(format!(
+                        "this device may not call {callee} (access.rings lists whom a device rings)"
+                    )))
                 }
             }
             (_, Identity::Anonymous) => Err(self.credentials_needed()),
@@ -353,6 +378,27 @@ mod tests {
         assert!(access.may_listen(&Identity::Anonymous).is_err());
         assert!(access.may_listen(&id("eve-token-1")).is_ok());
         assert_eq!(id("eve-token-1").user(), Some("eve"));
+    }
+
+    #[test]
+    fn a_device_rings_only_whom_access_rings_lists() {
+        let mut access = users();
+        let door = access.identify(Some("door-token-1")).unwrap();
+        assert!(matches!(
+            access.may_call(&door, "ada"),
+            Err(Refused::Forbidden(why)) if why.contains("access.rings")
+        ));
+        access
+            .rings
+            .insert("Front-Door".into(), vec!["ray".into(), "ADA".into()]);
+        access.validate().unwrap();
+        assert!(access.may_call(&door, "ada").is_ok());
+        assert!(access.may_call(&door, "Ray").is_ok());
+        assert!(access.may_call(&door, "eve").is_err());
+        let garage = access.identify(Some("garage-token")).unwrap();
+        assert!(access.may_call(&garage, "ray").is_err());
+        access.rings.insert("porch".into(), vec!["ray".into()]);
+        assert!(access.validate().unwrap_err().contains("porch"));
     }
 
     #[test]

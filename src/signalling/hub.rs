@@ -344,7 +344,7 @@ impl Hub {
         {
             let call_id = match &msg {
                 ClientMessage::Call { call_id, .. }
-                | ClientMessage::Ringing { call_id }
+                | ClientMessage::Ringing { call_id, .. }
                 | ClientMessage::Candidate { call_id, .. } => Some(call_id.as_str()),
                 _ => None,
             };

@@ -78,6 +78,10 @@ pub enum ClientMessage {
     Ringing {
         /// The call that rings.
         call_id: String,
+        /// The callee's SDP answer, sent while it still rings so the caller's media (a
+        /// camera's picture) shows before anyone answers; `accept` follows with it again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp: Option<String>,
     },
     /// The callee accepts with its SDP answer.
     Accept {
@@ -166,6 +170,9 @@ pub enum ServerMessage {
     Ringing {
         /// The call that rings.
         call_id: String,
+        /// The callee's early SDP answer, when it sent one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sdp: Option<String>,
     },
     /// Sent to a caller: the callee accepted.
     Accepted {

@@ -34,7 +34,7 @@ impl Phonebook {
             ClientMessage::Call { callee, .. } => {
                 self.callees.get(&name_key(callee)).map(|r| r.owner)
             }
-            ClientMessage::Ringing { call_id } | ClientMessage::Candidate { call_id, .. } => {
+            ClientMessage::Ringing { call_id, .. } | ClientMessage::Candidate { call_id, .. } => {
                 let route = self.calls.get(call_id)?;
                 if route.caller == conn {
                     Some(route.callee_conn)
@@ -53,7 +53,7 @@ impl Phonebook {
     /// draw on a larger allowance.
     pub fn answers_call(&self, conn: ConnId, msg: &ClientMessage) -> bool {
         let call_id = match msg {
-            ClientMessage::Ringing { call_id }
+            ClientMessage::Ringing { call_id, .. }
             | ClientMessage::Accept { call_id, .. }
             | ClientMessage::Decline { call_id, .. }
             | ClientMessage::Candidate { call_id, .. }
@@ -74,9 +74,14 @@ impl Phonebook {
                 meta,
                 sdp,
             } => self.call(conn, call_id, callee, meta, sdp),
-            ClientMessage::Ringing { call_id } => {
+            ClientMessage::Ringing {
+                call_id,
+                sdp: Some(sdp),
+            } if sdp.len() > MAX_SDP_BYTES => vec![sdp_too_large(conn, &call_id, sdp.len())],
+            ClientMessage::Ringing { call_id, sdp } => {
                 self.relay_from_callee(conn, &call_id, |_| ServerMessage::Ringing {
                     call_id: call_id.clone(),
+                    sdp,
                 })
             }
             ClientMessage::Accept { call_id, sdp } if sdp.len() > MAX_SDP_BYTES => {
@@ -206,12 +211,23 @@ impl Phonebook {
                 Some(&call_id),
             )];
         }
-        // The callee learns who calls from the phonebook, not from what the caller claims.
+        // The callee learns who calls from the phonebook, not from what the caller claims:
+        // the verified user, and the name the calling connection holds (a device ringing
+        // its household: no page can pose as the front door).
+        let device = self.connections.get(&conn).and_then(|c| {
+            c.names
+                .iter()
+                .find_map(|key| self.callees.get(key).map(|r| r.name.clone()))
+        });
         let mut meta = meta;
         if let Some(fields) = meta.as_object_mut() {
             match identity.user() {
                 Some(user) => fields.insert("user".into(), Value::String(user.into())),
                 None => fields.remove("user"),
+            };
+            match device {
+                Some(name) => fields.insert("device".into(), Value::String(name)),
+                None => fields.remove("device"),
             };
         }
         let key = name_key(&callee);
