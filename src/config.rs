@@ -70,6 +70,32 @@ pub struct Settings {
     /// Registration on a stock PeerJS server as well.
     #[serde(default)]
     pub peerjs: PeerJsSettings,
+    /// The visitor's bell: whom a press rings.
+    #[serde(default)]
+    pub bell: BellSettings,
+}
+
+/// The visitor's bell (`[bell]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BellSettings {
+    /// The household's callee names a press rings, those online at the time; empty: the
+    /// device has no bell.
+    pub ring: Vec<String>,
+    /// How long the phones ring before the press is missed.
+    pub ring_timeout_secs: u64,
+    /// How long the door output is driven when whoever answered opens the door.
+    pub door_open_secs: u64,
+}
+
+impl Default for BellSettings {
+    fn default() -> Self {
+        BellSettings {
+            ring: Vec::new(),
+            ring_timeout_secs: 30,
+            door_open_secs: 3,
+        }
+    }
 }
 
 /// Where the device also registers as a PeerJS peer, so stock `peerjs` clients can call.
@@ -262,8 +288,13 @@ pub enum ConfigError {
     #[error("call.max_viewers must be between 1 and 64")]
     MaxViewers,
     /// A GPIO backend with no button to read.
-    #[error("gpio.backend is set but neither gpio.accept nor gpio.decline has a pin")]
+    #[error(
+        "gpio.backend is set but no button has a pin (gpio.accept, gpio.decline, gpio.hangup or gpio.bell)"
+    )]
     GpioWithoutButtons,
+    /// A `[gpio]` key that names no pin.
+    #[error("{0}")]
+    Gpio(String),
     /// `device.phonebook` is no WebSocket URL.
     #[error("the phonebook URL {0:?} must start with ws:// or wss://")]
     PhonebookUrl(String),
@@ -278,6 +309,9 @@ pub enum ConfigError {
     /// The `[access]` section.
     #[error("access: {0}")]
     Access(String),
+    /// The `[bell]` section.
+    #[error("bell.ring: {0}")]
+    Bell(String),
     /// Auto-answer for anyone who can reach the phonebook.
     #[error(
         "answer = \"auto\" with access.callers = \"open\" would let anyone on the network watch this camera: \
@@ -358,10 +392,8 @@ impl Settings {
         if !(1..=64).contains(&self.call.max_viewers) {
             return Err(ConfigError::MaxViewers);
         }
-        if self.gpio.backend != GpioBackend::None
-            && self.gpio.accept.is_none()
-            && self.gpio.decline.is_none()
-        {
+        crate::gpio::validate_pins(&self.gpio).map_err(ConfigError::Gpio)?;
+        if self.gpio.backend != GpioBackend::None && crate::gpio::buttons(&self.gpio).is_empty() {
             return Err(ConfigError::GpioWithoutButtons);
         }
         if let Some(url) = &self.device.phonebook
@@ -382,12 +414,32 @@ impl Settings {
             }
         }
         self.access.validate().map_err(ConfigError::Access)?;
+        self.validate_bell(&name)?;
         if self.call.answer == AnswerPolicy::Auto
             && self.device.phonebook.is_none()
             && self.access.callers == crate::signalling::access::CallerMode::Open
             && !self.device.listen.ip().is_loopback()
         {
             return Err(ConfigError::OpenAutoAnswer);
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_bell(&self, own_name: &str) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.bell.ring {
+            validate_name(name).map_err(|why| ConfigError::Bell(format!("{name:?}: {why}")))?;
+            let key = crate::signalling::protocol::name_key(name);
+            if key == crate::signalling::protocol::name_key(own_name) {
+                return Err(ConfigError::Bell(format!(
+                    "{name:?} is this device's own name"
+                )));
+            }
+            if !seen.insert(key) {
+                return Err(ConfigError::Bell(format!("{name:?} is named twice")));
+            }
         }
         Ok(())
     }
@@ -491,13 +543,40 @@ mod tests {
             ),
         )
         .unwrap();
-        let accept = s.gpio.accept.unwrap();
+        let accept = s.gpio.pin("accept").unwrap();
         assert_eq!(
             (accept.line, accept.active_low, accept.bias),
             (17, true, Bias::PullUp)
         );
         assert_eq!(s.gpio.long_press_ms, 1500);
-        assert!(s.gpio.decline.is_none());
+        assert!(s.gpio.pin("decline").is_none());
+        let err = Settings::load("dev", None, table("[gpio]\nacept = { line = 17 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key gpio.acept"), "{err}");
+    }
+
+    #[test]
+    fn the_bell_names_whom_it_rings_once_each() {
+        let s = Settings::load("dev", None, table("[bell]\nring = [\"ray\", \"ada\"]")).unwrap();
+        assert_eq!(s.bell.ring, ["ray", "ada"]);
+        assert_eq!((s.bell.ring_timeout_secs, s.bell.door_open_secs), (30, 3));
+        for (ring, says) in [
+            ("[\"ray\", \"Ray\"]", "named twice"),
+            ("[\"a/b\"]", "\"a/b\""),
+            ("[\"porch\"]", "own name"),
+        ] {
+            let err = Settings::load(
+                "dev",
+                None,
+                table(&format!(
+                    "[device]\nname = \"porch\"\n[bell]\nring = {ring}"
+                )),
+            )
+            .unwrap_err();
+            assert!(matches!(err, ConfigError::Bell(_)), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 
     #[test]

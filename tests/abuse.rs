@@ -490,6 +490,7 @@ async fn the_device_notices_a_dropped_connection_within_a_second() {
             token: None,
             tls: None,
             refuse_open: false,
+            listen: false,
         },
         events_tx,
         outgoing_rx,

@@ -34,6 +34,57 @@ const LINE_LIMIT: usize = 600;
 /// As with [`ALLOWED_CYCLES`], an entry whose file is back under the limit fails the test.
 const ALLOWED_LONG_FILES: &[&str] = &[];
 
+/// The signalling modules that carry or serve the protocol: the device core speaks in
+/// messages, never through these.
+const SIGNALLING_IO: &[&str] = &[
+    "signalling::client",
+    "signalling::connection",
+    "signalling::http",
+    "signalling::hub",
+    "signalling::local",
+    "signalling::mailbox",
+    "signalling::peerjs",
+    "signalling::server",
+    "signalling::socket",
+    "signalling::transport",
+    "signalling::whep",
+];
+
+/// The phonebook server's insides, which the device (a client of it) never knows.
+const PHONEBOOK_INSIDES: &[&str] = &[
+    "signalling::http",
+    "signalling::hub",
+    "signalling::mailbox",
+    "signalling::phonebook",
+    "signalling::server",
+    "signalling::socket",
+    "signalling::whep",
+];
+
+/// What a module (and its children) may never reach, directly or through any other
+/// module: the "nevers" of DESIGN.md's layers. The device core is pure: it takes its
+/// inputs and the time and returns actions, so it reaches no peer, camera, pin or
+/// connection (`device::messages` holds its types).
+fn nevers() -> Vec<(&'static str, Vec<&'static str>)> {
+    let pure_core = || {
+        let mut never = vec!["rtc", "media", "gpio", "app", "cli", "systemd", "tls"];
+        never.extend(SIGNALLING_IO);
+        never
+    };
+    vec![
+        ("device::core", pure_core()),
+        ("device::messages", pure_core()),
+        ("call", pure_core()),
+        ("device", PHONEBOOK_INSIDES.to_vec()),
+        ("gpio", vec!["call", "device"]),
+        ("media", vec!["rtc", "signalling", "gpio", "device"]),
+        (
+            "rtc",
+            vec!["device", "signalling::phonebook", "signalling::server"],
+        ),
+    ]
+}
+
 /// One library source file.
 struct SourceFile {
     /// Path relative to src/, e.g. `media/pipeline.rs`.
@@ -767,6 +818,89 @@ fn no_circles_between_modules() {
         "module circles (each edge with the file and line that makes it):\n  {}",
         problems.join("\n  ")
     );
+}
+
+/// Whether `node` is `module` or inside it.
+fn within(node: &str, module: &str) -> bool {
+    node == module
+        || node
+            .strip_prefix(module)
+            .is_some_and(|rest| rest.starts_with("::"))
+}
+
+/// The ways `graph` breaks `nevers`, each with the chain of edges (file:line) that does.
+fn never_problems(graph: &Graph, nevers: &[(&str, Vec<&str>)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (module, never) in nevers {
+        for start in graph.keys().filter(|n| within(n, module)) {
+            // Breadth first, so the chain shown is a shortest one.
+            let mut came_from: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+            let mut queue = std::collections::VecDeque::from([start.as_str()]);
+            let mut seen = BTreeSet::from([start.as_str()]);
+            while let Some(node) = queue.pop_front() {
+                for (next, place) in graph.get(node).into_iter().flatten() {
+                    if seen.insert(next.as_str()) {
+                        came_from.insert(next.as_str(), (node, place.as_str()));
+                        queue.push_back(next.as_str());
+                    }
+                }
+            }
+            for reached in &seen {
+                let Some(banned) = never.iter().find(|n| within(reached, n)) else {
+                    continue;
+                };
+                let mut chain = Vec::new();
+                let mut at = *reached;
+                while let Some((from, place)) = came_from.get(at) {
+                    chain.push(format!("{from} → {at} ({place})"));
+                    at = from;
+                }
+                chain.reverse();
+                problems.push(format!(
+                    "{start} reaches {banned}, which {module} never may: {}",
+                    chain.join(", ")
+                ));
+            }
+        }
+    }
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+#[test]
+fn no_module_reaches_what_its_layer_never_may() {
+    let files = library_files(&src_dir());
+    let graph = module_graph(&files);
+    assert!(
+        graph.contains_key("device::core") && graph.contains_key("device::messages"),
+        "the device core is where the rules expect it: {:?}",
+        graph.keys().collect::<Vec<_>>()
+    );
+    let problems = never_problems(&graph, &nevers());
+    assert!(
+        problems.is_empty(),
+        "layers broken (each with the chain of edges that does it):\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn nevers_are_followed_through_other_modules() {
+    let graph = fake_graph(&[
+        ("device::core", "signalling::events"),
+        ("signalling::events", "gpio"),
+        ("device::core::bell", "call"),
+    ]);
+    let problems = never_problems(&graph, &[("device::core", vec!["gpio", "rtc"])]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("device::core reaches gpio")
+            && problems[0].contains("signalling::events → gpio"),
+        "{problems:?}"
+    );
+    assert!(within("device::core::bell", "device::core"));
+    assert!(!within("device::corest", "device::core"));
 }
 
 #[test]

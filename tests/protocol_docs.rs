@@ -5,14 +5,17 @@
 
 use std::collections::BTreeSet;
 
-use peercam::call::CallState;
+use peercam::call::{CallState, Role};
 use peercam::control::Control;
 use peercam::control::Press;
 use peercam::gpio::Levels;
 use peercam::media::Codec;
 use peercam::media::fanout::FeedStats;
-use peercam::signalling::events::{CallStatus, DeviceEvent, Side, Status};
+use peercam::signalling::events::{
+    BellState, BellStatus, DeviceEvent, Side, SkipReason, Skipped, ViewerRequest,
+};
 use peercam::signalling::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use peercam::signalling::status::{CallStatus, Status};
 use serde_json::Value;
 
 const CLIENT_TAGS: &[&str] = &[
@@ -342,7 +345,15 @@ fn the_error_table_lists_real_codes() {
     );
 }
 
-const EVENT_TAGS: &[&str] = &["accepted", "viewers", "ringing", "button", "shutting_down"];
+const EVENT_TAGS: &[&str] = &[
+    "accepted",
+    "viewers",
+    "ringing",
+    "button",
+    "shutting_down",
+    "bell",
+    "door",
+];
 
 // No wildcard arm, as above: a new event stops the build until it is documented.
 fn event_tag(event: &DeviceEvent) -> &'static str {
@@ -352,7 +363,34 @@ fn event_tag(event: &DeviceEvent) -> &'static str {
         DeviceEvent::Ringing { .. } => "ringing",
         DeviceEvent::Button { .. } => "button",
         DeviceEvent::ShuttingDown => "shutting_down",
+        DeviceEvent::Bell(_) => "bell",
+        DeviceEvent::Door { .. } => "door",
     }
+}
+
+#[test]
+fn viewer_requests_parse_and_each_has_an_example() {
+    let blocks = examples("json request");
+    let mut documented = BTreeSet::new();
+    for example in &blocks {
+        let request = ViewerRequest::parse(&example.body).unwrap_or_else(|| {
+            panic!(
+                "the request on line {} is not one\n{}",
+                example.line, example.body
+            )
+        });
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            doc_value(example),
+            "line {}",
+            example.line
+        );
+        // No wildcard arm: a new request stops the build until it is documented.
+        documented.insert(match request {
+            ViewerRequest::OpenDoor => "open_door",
+        });
+    }
+    assert_eq!(documented.len(), 1, "every request has an example");
 }
 
 #[test]
@@ -407,13 +445,14 @@ fn control_lines_parse_and_print_back_and_every_request_is_shown() {
             Control::Press(Press::Decline(_)) => "decline",
             Control::Press(Press::Hangup(_)) => "hangup",
             Control::Press(Press::DoNotDisturb) => "dnd",
+            Control::Press(Press::Bell) => "bell",
             Control::Status => "status",
             Control::FaultCamera => "fault camera",
         });
     }
     assert_eq!(
         kinds.len(),
-        6,
+        7,
         "every kind of request has a line: {kinds:?}"
     );
 }
@@ -424,13 +463,19 @@ fn the_status_example_is_what_status_prints() {
     assert_eq!(blocks.len(), 1, "one status example");
     // Status is only ever printed, so the example is checked against a status built with
     // its values: every field, name and nesting must be what the type serialises.
-    let call = |id: &str, caller: &str, via, state, video| CallStatus {
+    let call = |id: &str, caller: &str, callee: Option<&str>, via, state, video| CallStatus {
         id: id.into(),
         caller: caller.into(),
+        role: if callee.is_some() {
+            Role::Caller
+        } else {
+            Role::Callee
+        },
+        callee: callee.map(str::to_owned),
         via,
         state,
         video,
-        played_audio_buffers: 0,
+        played_audio_buffers: if callee.is_some() { 412 } else { 0 },
     };
     let status = Status {
         name: "front-door".into(),
@@ -442,6 +487,7 @@ fn the_status_example_is_what_status_prints() {
             ring_led: true,
             on_air_led: true,
             buzzer: false,
+            door: false,
         },
         viewers: 1,
         feed: FeedStats {
@@ -458,8 +504,9 @@ fn the_status_example_is_what_status_prints() {
         microphone: None,
         calls: vec![
             call(
-                "c-7f3a9e2b",
-                "Ray",
+                "b-5e0c11d2-2",
+                "front-door",
+                Some("ada"),
                 Side::Phonebook,
                 CallState::Established,
                 Some(Codec::H264),
@@ -467,11 +514,22 @@ fn the_status_example_is_what_status_prints() {
             call(
                 "peerjs-mc_2b7e",
                 "Peter",
+                None,
                 Side::PeerJs,
                 CallState::Ringing,
                 None,
             ),
         ],
+        bell: Some(BellStatus {
+            state: BellState::Answered,
+            by: Some("ada".into()),
+            ringing: Vec::new(),
+            skipped: vec![Skipped {
+                name: "bob".into(),
+                why: SkipReason::Offline,
+            }],
+            declined: Vec::new(),
+        }),
     };
     assert_eq!(
         serde_json::to_value(&status).unwrap(),

@@ -1,13 +1,15 @@
 //! Every call on the device, without IO: which call a press answers, do not disturb,
-//! the answer rules, early candidates, what viewers and the service manager are told, and
-//! what the ring LED, on-air LED and buzzer show.
+//! the answer rules, early candidates, the visitor's bell (whom a press rings, first
+//! answer wins, missed), the door output, what viewers and the service manager are told,
+//! and what the ring LED, on-air LED and buzzer show.
 //!
 //! [`Doorbell`] takes [`Input`]s with the current time and returns [`Action`]s for the
 //! shell ([`super::run`]) to carry out; [`Doorbell::next_deadline`] says when it next
-//! wants [`Doorbell::poll`] (a ring or connect timeout, the next blink of the ring LED or
-//! beep of the buzzer). It never reads a clock, opens a socket or touches GStreamer, so
-//! every policy is tested on simulated time (`super::tests`). Each call's own states are
-//! [`crate::call::Call`]'s.
+//! wants [`Doorbell::poll`] (a ring, reply or connect timeout, the bell's ring timeout,
+//! the door closing, the next blink of the ring LED or beep of the buzzer). It never reads
+//! a clock, opens a socket or touches GStreamer, so every policy is tested on simulated
+//! time (`super::tests`). Each call's own states are [`crate::call::Call`]'s; the bell's
+//! policy is in `core/bell.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,17 +17,23 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracing::{debug, info};
 
-pub use super::messages::{Action, Config, Input, Notify, ToCaller};
-use crate::call::{self, Call, CallState};
+pub use super::messages::{
+    Action, BellConfig, Config, Directory, Input, Lights, Notify, PeerReport, RequestId, Signal,
+};
+use crate::buttons::Button;
+use crate::call::{self, Call, CallState, Role};
 use crate::control::ControlError;
-use crate::control::Press;
-use crate::gpio::{Levels, indicator_levels, next_indicator_change};
-use crate::rtc::PeerEvent;
-use crate::signalling::events::{Button, DeviceEvent, Side};
+use crate::signalling::events::{DeviceEvent, Side, ViewerRequest};
 use crate::signalling::protocol::IceCandidate;
 use crate::signalling::sanitize::for_log;
+use lights::Signals;
 
+mod bell;
+mod incoming;
 mod lifecycle;
+mod lights;
+
+pub use lights::MISSED_SHOW;
 
 /// Candidates kept for a call that has not been answered yet.
 pub const MAX_EARLY_CANDIDATES: usize = 64;
@@ -43,14 +51,17 @@ pub const FLUSH_LIMIT: Duration = Duration::from_millis(500);
 struct LiveCall {
     machine: Call,
     side: Side,
-    /// When the offer arrived, for the set-up timings in the debug log.
+    /// When the offer arrived (or was asked for), for the set-up timings in the debug log.
     offered: Instant,
     /// Arrival order: presses go to the call that rang first.
     seq: u64,
-    caller: String,
+    /// The other end: the caller of an incoming call, the callee of a placed one.
+    party: String,
+    /// An incoming call's offer, until it is answered.
     offer: String,
-    /// The shell has a peer for it: candidates go there, not into `early`.
-    answered: bool,
+    /// The peer can take the other end's candidates (it answered, or holds the callee's
+    /// answer): they go there, not into `early`.
+    ready: bool,
     early: Vec<IceCandidate>,
     data_open: bool,
 }
@@ -60,8 +71,10 @@ struct LiveCall {
 pub struct CallView<'a> {
     /// The call's id.
     pub id: &'a str,
-    /// The caller's name.
-    pub caller: &'a str,
+    /// The other end's name: the caller of an incoming call, the callee of a placed one.
+    pub party: &'a str,
+    /// Whether the device answers or placed it.
+    pub role: Role,
     /// Where it came from.
     pub side: Side,
     /// Where it stands.
@@ -79,11 +92,12 @@ pub struct Doorbell {
     ever_registered: bool,
     peerjs_open: bool,
     dnd: bool,
-    levels: Levels,
+    lights: Lights,
     ringing_since: Option<Instant>,
     viewers_announced: usize,
     /// The call an accept press waits for the answer of, to reply once it is made.
-    pending_accept: Option<String>,
+    pending_accept: Option<(String, Option<RequestId>)>,
+    bell: bell::Bell,
 }
 
 impl Doorbell {
@@ -98,10 +112,11 @@ impl Doorbell {
             ever_registered: false,
             peerjs_open: false,
             dnd: false,
-            levels: Levels::default(),
+            lights: Lights::default(),
             ringing_since: None,
             viewers_announced: 0,
             pending_accept: None,
+            bell: bell::Bell::default(),
         }
     }
 
@@ -124,15 +139,25 @@ impl Doorbell {
             }
             Input::Registered(side) => self.on_registered(side, &mut out),
             Input::SideLost { side, why } => self.side_lost(side, &why, &mut out),
-            Input::Press(press) => self.press(press, &mut out),
-            Input::Peer { call, event } => self.peer_event(call, event, &mut out),
+            Input::Press { press, request } => self.press(press, request, &mut out),
+            Input::Peer { call, report } => self.peer_report(call, report, &mut out),
             Input::AnswerMade { call, sdp } => self.answer_made(call, sdp, &mut out),
             Input::AnswerFailed { call, reason } => {
                 self.apply(&call, call::Input::AnswerFailed(reason), &mut out)
             }
+            Input::OfferMade { call, sdp } => self.offer_made(call, sdp, &mut out),
+            Input::OfferFailed { call, reason } => {
+                self.apply(&call, call::Input::OfferFailed(reason), &mut out)
+            }
+            Input::CalleeRinging { call, answer } => self.callee_ringing(call, answer, &mut out),
+            Input::CalleeAccepted { call, sdp } => self.callee_accepted(call, sdp, &mut out),
+            Input::CalleeDeclined { call, reason } => {
+                self.apply(&call, call::Input::Refused(reason), &mut out)
+            }
+            Input::Directory(change) => self.directory(change),
             Input::Shutdown => self.shutdown(&mut out),
         }
-        self.show_indicators(&mut out);
+        self.show_lights(&mut out);
         out
     }
 
@@ -146,6 +171,8 @@ impl Doorbell {
             .filter(|(_, c)| c.machine.deadline().is_some_and(|d| d <= now))
             .map(|(id, _)| id.clone())
             .collect();
+        // The bell's ring timeout first: its calls end as "missed", not by their own.
+        self.bell_poll(&mut out);
         for id in due {
             if let Some(call) = self.calls.get_mut(&id) {
                 let actions = call.machine.poll(now);
@@ -153,20 +180,21 @@ impl Doorbell {
                 self.settle(&id, &mut out);
             }
         }
-        self.show_indicators(&mut out);
+        self.show_lights(&mut out);
         out
     }
 
     /// When [`Doorbell::poll`] next has something to do, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let blink = self.ringing_since.and_then(|since| {
-            let rung = self.now.saturating_duration_since(since);
-            since.checked_add(rung + next_indicator_change(rung))
-        });
+        let lights = self
+            .signals()
+            .next_change()
+            .and_then(|after| self.now.checked_add(after));
         self.calls
             .values()
             .filter_map(|c| c.machine.deadline())
-            .chain(blink)
+            .chain(lights)
+            .chain(self.bell_deadline())
             .min()
     }
 
@@ -190,9 +218,9 @@ impl Doorbell {
         self.dnd
     }
 
-    /// What the indicators show.
-    pub fn levels(&self) -> Levels {
-        self.levels
+    /// What the indicators and the door output show.
+    pub fn lights(&self) -> Lights {
+        self.lights
     }
 
     /// Calls in which media flows.
@@ -207,7 +235,8 @@ impl Doorbell {
     pub fn calls(&self) -> impl Iterator<Item = CallView<'_>> {
         self.calls.iter().map(|(id, c)| CallView {
             id,
-            caller: &c.caller,
+            party: &c.party,
+            role: c.machine.role(),
             side: c.side,
             state: c.machine.state(),
         })
@@ -223,71 +252,17 @@ impl Doorbell {
         )
     }
 
-    fn offer(
-        &mut self,
-        id: String,
-        side: Side,
-        meta: &Value,
-        offer: String,
-        out: &mut Vec<Action>,
-    ) {
-        if self.calls.contains_key(&id) {
-            return;
-        }
-        let caller = caller_name(meta);
-        let admission = self.config.rules.admit(
-            meta.get("user")
-                .or_else(|| meta.get("callerName"))
-                .and_then(Value::as_str),
-            self.calls.len(),
-            self.dnd,
-        );
-        debug!(call = %id, ?side, ?admission, "incoming call");
-        self.next_seq += 1;
-        self.calls.insert(
-            id.clone(),
-            LiveCall {
-                machine: Call::new(self.now, self.config.ring_timeout),
-                side,
-                offered: self.now,
-                seq: self.next_seq,
-                caller,
-                offer,
-                answered: false,
-                early: Vec::new(),
-                data_open: false,
-            },
-        );
-        self.apply(&id, call::Input::Offered(admission), out);
-    }
-
-    fn remote_candidate(&mut self, id: String, candidate: IceCandidate, out: &mut Vec<Action>) {
+    fn peer_report(&mut self, id: String, report: PeerReport, out: &mut Vec<Action>) {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        if call.answered {
-            out.push(Action::AddCandidates {
-                call: id,
-                candidates: vec![candidate],
-            });
-        } else if call.early.len() < MAX_EARLY_CANDIDATES {
-            call.early.push(candidate);
-        } else {
-            debug!(call = %id, "too many early candidates; dropping one");
-        }
-    }
-
-    fn peer_event(&mut self, id: String, event: PeerEvent, out: &mut Vec<Action>) {
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        match event {
-            PeerEvent::Candidate(candidate) => out.push(Action::ToCaller {
+        match report {
+            PeerReport::Candidate(candidate) => out.push(Action::Signal {
                 side: call.side,
                 call: id,
-                message: ToCaller::Candidate(candidate),
+                signal: Signal::Candidate(candidate),
             }),
-            PeerEvent::DataClosed(label) => {
+            PeerReport::DataClosed(label) => {
                 // A PeerJS caller hangs up by closing its connection; the data channel it
                 // opened on the call is the first to tell. Our own pages say hangup.
                 if call.side == Side::PeerJs {
@@ -295,7 +270,7 @@ impl Doorbell {
                     self.apply(&id, call::Input::RemoteHangup("caller hung up".into()), out);
                 }
             }
-            PeerEvent::Connected => {
+            PeerReport::Connected => {
                 debug!(
                     call = %id,
                     ms = self.now.saturating_duration_since(call.offered).as_millis() as u64,
@@ -303,9 +278,19 @@ impl Doorbell {
                 );
                 self.apply(&id, call::Input::PeerConnected, out);
             }
-            PeerEvent::Lost(reason) => self.apply(&id, call::Input::PeerLost(reason), out),
-            PeerEvent::DataOpen => {
+            PeerReport::Lost(reason) => self.apply(&id, call::Input::PeerLost(reason), out),
+            PeerReport::DataOpen => {
                 call.data_open = true;
+                if call.machine.role() == Role::Caller {
+                    // A rung page's channel opens while it still rings: it hears how the
+                    // bell stands, and "accepted" once it answers.
+                    let event = DeviceEvent::Bell(self.bell_status());
+                    out.push(Action::Event {
+                        to: vec![id],
+                        event,
+                    });
+                    return;
+                }
                 let count = self.watching();
                 for event in [DeviceEvent::Accepted, DeviceEvent::Viewers { count }] {
                     out.push(Action::Event {
@@ -314,52 +299,16 @@ impl Doorbell {
                     });
                 }
             }
-            PeerEvent::Text(text) => {
+            PeerReport::Text(text) => {
+                if let Some(request) = ViewerRequest::parse(&text) {
+                    return self.viewer_request(&id, request, out);
+                }
                 // Viewers type what they like: no control characters reach the log or
                 // the terminal.
                 let shown = sanitise(&text, 500);
-                info!(call = %id, caller = %call.caller, text = %shown, "message from a viewer");
-                out.push(Action::Say(format!("{} says: {shown}", call.caller)));
+                info!(call = %id, party = %call.party, text = %shown, "message from a viewer");
+                out.push(Action::Say(format!("{} says: {shown}", call.party)));
             }
-        }
-    }
-
-    fn answer_made(&mut self, id: String, sdp: String, out: &mut Vec<Action>) {
-        let Some(call) = self
-            .calls
-            .get_mut(&id)
-            .filter(|c| c.machine.state() == CallState::Accepted && !c.answered)
-        else {
-            // The call ended while its peer was being made: that peer has no use.
-            out.push(Action::ClosePeer { call: id });
-            return;
-        };
-        call.answered = true;
-        debug!(
-            call = %id,
-            ms = self.now.saturating_duration_since(call.offered).as_millis() as u64,
-            "answered after the offer"
-        );
-        let early = std::mem::take(&mut call.early);
-        let caller = call.caller.clone();
-        out.push(Action::ToCaller {
-            side: call.side,
-            call: id.clone(),
-            message: ToCaller::Answer(sdp),
-        });
-        if !early.is_empty() {
-            out.push(Action::AddCandidates {
-                call: id.clone(),
-                candidates: early,
-            });
-        }
-        if self.pending_accept.as_deref() == Some(id.as_str()) {
-            self.pending_accept = None;
-            self.reply(
-                Ok(format!("accepted the call from {caller}")),
-                Button::from(&Press::Accept),
-                out,
-            );
         }
     }
 
@@ -377,18 +326,27 @@ impl Doorbell {
         let Some(c) = self.calls.get(id) else {
             return;
         };
-        let (side, caller) = (c.side, c.caller.clone());
-        let to_caller = |message| Action::ToCaller {
+        let (side, party, role) = (c.side, c.party.clone(), c.machine.role());
+        let signal = |signal| Action::Signal {
             side,
             call: id.to_owned(),
-            message,
+            signal,
         };
         for action in actions {
             match action {
-                call::Action::SendRinging => out.push(to_caller(ToCaller::Ringing)),
-                call::Action::SendDecline(reason) => out.push(to_caller(ToCaller::Decline(reason))),
-                call::Action::SendHangup(reason) => out.push(to_caller(ToCaller::Hangup(reason))),
+                call::Action::SendRinging => out.push(signal(Signal::Ringing)),
+                call::Action::SendDecline(reason) => out.push(signal(Signal::Decline(reason))),
+                call::Action::SendHangup(reason) => out.push(signal(Signal::Hangup(reason))),
                 call::Action::ClosePeer => out.push(Action::ClosePeer { call: id.into() }),
+                call::Action::OpenMedia => {
+                    out.push(Action::OpenTwoWay { call: id.into() });
+                    if self.calls.get(id).is_some_and(|c| c.data_open) {
+                        out.push(Action::Event {
+                            to: vec![id.into()],
+                            event: DeviceEvent::Accepted,
+                        });
+                    }
+                }
                 call::Action::Answer => {
                     // A call is answered once: the offer is not needed after.
                     let offer = self
@@ -396,13 +354,18 @@ impl Doorbell {
                         .get_mut(id)
                         .map(|c| std::mem::take(&mut c.offer))
                         .unwrap_or_default();
-                    out.push(Action::CreatePeer {
+                    out.push(Action::CreateAnswer {
                         call: id.into(),
                         offer,
                     });
                 }
+                call::Action::StateChanged(state, reason) if role == Role::Caller => {
+                    let reason = reason.unwrap_or_default();
+                    info!(call = id, callee = %party, %state, reason = %for_log(&reason), "bell call");
+                }
                 call::Action::StateChanged(state, reason) => {
                     let reason = reason.unwrap_or_default();
+                    let caller = &party;
                     info!(call = id, %caller, %state, reason = %for_log(&reason), "call");
                     match state {
                         CallState::Ringing => {
@@ -432,24 +395,28 @@ impl Doorbell {
     /// After a call changed: drops it once over, and tells what changed for everyone
     /// (the indicators, the number of viewers).
     fn settle(&mut self, id: &str, out: &mut Vec<Action>) {
-        if let Some(call) = self.calls.get(id).filter(|c| c.machine.state().is_over()) {
-            let side = call.side;
-            let caller = call.caller.clone();
-            self.calls.remove(id);
+        let over = self
+            .calls
+            .get(id)
+            .is_some_and(|c| c.machine.state().is_over());
+        if let Some(call) = over.then(|| self.calls.remove(id)).flatten() {
             out.push(Action::Forget {
-                side,
+                side: call.side,
                 call: id.into(),
             });
-            if self.pending_accept.as_deref() == Some(id) {
-                self.pending_accept = None;
+            if let Some((_, request)) = self.pending_accept.take_if(|(pending, _)| pending == id) {
                 self.reply(
-                    Err(ControlError::NotAnswered(caller)),
-                    Button::from(&Press::Accept),
+                    request,
+                    Err(ControlError::NotAnswered(call.party.clone())),
+                    Button::Accept,
                     out,
                 );
             }
+            if call.machine.role() == Role::Caller {
+                self.bell_call_over(id, &call.party, &call.machine, out);
+            }
         }
-        self.show_indicators(out);
+        self.show_lights(out);
         let watching = self.watching();
         if watching != self.viewers_announced {
             self.viewers_announced = watching;
@@ -466,32 +433,58 @@ impl Doorbell {
         }
     }
 
-    /// Sets the ring LED, on-air LED and buzzer from the calls as they are now.
-    fn show_indicators(&mut self, out: &mut Vec<Action>) {
+    /// What goes on, as the lights see it.
+    fn signals(&self) -> Signals {
+        let since = |at: Option<Instant>| at.map(|at| self.now.saturating_duration_since(at));
+        Signals {
+            incoming: since(self.ringing_since),
+            outgoing: since(self.bell.ringing_since()),
+            missed: since(self.bell.missed_at()),
+            watching: self.watching() > 0,
+            door: self.bell.door_open(self.now),
+        }
+    }
+
+    /// Sets the ring LED, on-air LED, buzzer and door from the calls as they are now.
+    fn show_lights(&mut self, out: &mut Vec<Action>) {
         let ringing = self
             .calls
             .values()
-            .any(|c| c.machine.state() == CallState::Ringing);
+            .any(|c| c.machine.role() == Role::Callee && c.machine.state() == CallState::Ringing);
         self.ringing_since = match (ringing, self.ringing_since) {
             (true, Some(since)) => Some(since),
             (true, None) => Some(self.now),
             (false, _) => None,
         };
-        let levels = indicator_levels(
-            self.ringing_since
-                .map(|since| self.now.saturating_duration_since(since)),
-            self.watching() > 0,
-        );
-        if levels != self.levels {
-            self.levels = levels;
-            out.push(Action::Indicators(levels));
+        let lights = self.signals().lights();
+        if lights != self.lights {
+            self.lights = lights;
+            out.push(Action::Lights(lights));
         }
     }
 
+    /// Calls that take a viewer's place: incoming ones, and placed ones once answered
+    /// (the bell's ringing calls make nobody busy).
+    fn active_calls(&self) -> usize {
+        self.calls
+            .values()
+            .filter(|c| {
+                c.machine.role() == Role::Callee
+                    || matches!(
+                        c.machine.state(),
+                        CallState::Accepted | CallState::Established
+                    )
+            })
+            .count()
+    }
+
+    /// The incoming call that rang first (presses answer incoming calls only).
     fn oldest_ringing(&self) -> Option<String> {
         self.calls
             .iter()
-            .filter(|(_, c)| c.machine.state() == CallState::Ringing)
+            .filter(|(_, c)| {
+                c.machine.role() == Role::Callee && c.machine.state() == CallState::Ringing
+            })
             .min_by_key(|(_, c)| c.seq)
             .map(|(id, _)| id.clone())
     }

@@ -3,15 +3,21 @@
 //! someone presses accept (or the policy does), and keeps them going until either side
 //! hangs up.
 //!
+//! It also rings out: a press of the visitor's bell calls the household's phones through
+//! the phonebook, with the camera's picture showing while they ring.
+//!
 //! Three parts:
 //! * [`core`]: every call on the device and its policy, without IO ([`Doorbell`]): inputs
 //!   with the current time in, actions and the next deadline out;
-//! * [`sides`]: the caller's side of a call behind one interface ([`CallerSide`]), for
+//! * [`sides`]: the other end's side of a call behind one interface ([`CallerSide`]), for
 //!   the phonebook and for PeerJS;
 //! * the shell ([`run`]): one task that owns the peers, the sides, the indicators and the
 //!   service manager, moves messages between them and the core, and sleeps until the
-//!   core's next deadline. No call state is shared between threads.
+//!   core's next deadline. Peer connections are made on tasks of their own and come back
+//!   as inputs; no call state is shared between threads.
 
+#[cfg(test)]
+mod bell_tests;
 pub mod core;
 pub mod messages;
 mod shell;
@@ -27,22 +33,22 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-pub use self::core::{Action, Config, Doorbell, Input, SHUTTING_DOWN};
+pub use self::core::{Action, BellConfig, Config, Doorbell, Input, SHUTTING_DOWN};
 pub use self::sides::CallerSide;
 use crate::call::AnswerRules;
 use crate::config::{AnswerPolicy, Settings};
 use crate::control::Request;
 use crate::gpio::Indicators;
-use crate::rtc::{Feeds, MediaCaps, PeerEvent, RtcEngine};
+use crate::rtc::{Feeds, MediaCaps, RtcEngine};
 use crate::signalling::client::{self, ClientEvent, Registration};
 use crate::signalling::peerjs::{self, PeerJsEvent, PeerJsTarget};
 use crate::systemd::Notifier;
-use shell::Shell;
+use shell::{PeerNews, Shell};
 use sides::{PeerJsSide, PhonebookSide};
 
-/// The metadata the device registers with.
+/// The metadata the device registers with (the bell's state is added as it changes).
 pub fn registration_meta(settings: &Settings) -> Value {
-    json!({
+    let mut meta = json!({
         "kind": "camera",
         "board": settings.board,
         "description": settings.description,
@@ -51,8 +57,18 @@ pub fn registration_meta(settings: &Settings) -> Value {
         "fps": settings.video.fps,
         "audio": settings.audio.has_microphone(),
         "speaker": settings.audio.has_speaker(),
+        "door": has_door(settings),
         "version": env!("CARGO_PKG_VERSION"),
-    })
+    });
+    if !settings.bell.ring.is_empty() {
+        meta["bell"] = json!({"state": "idle"});
+    }
+    meta
+}
+
+/// Whether the board has a door output.
+fn has_door(settings: &Settings) -> bool {
+    settings.gpio.pin("door").is_some()
 }
 
 /// The real parts a device runs with.
@@ -79,7 +95,7 @@ pub struct DeviceParts {
 enum Wake {
     Phonebook(ClientEvent),
     PeerJs(PeerJsEvent),
-    Peer(String, PeerEvent),
+    Peer(PeerNews),
     Request(Request),
     Deadline,
 }
@@ -97,6 +113,19 @@ pub fn core_config(settings: &Settings) -> Config {
         ring_timeout: settings.call.ring_timeout(),
         decline_reason: settings.call.decline_reason.clone(),
         peerjs: settings.peerjs.server.is_some(),
+        bell: BellConfig {
+            ring: settings.bell.ring.clone(),
+            ring_timeout: Duration::from_secs(settings.bell.ring_timeout_secs),
+            door_open: Duration::from_secs(settings.bell.door_open_secs),
+            door: has_door(settings),
+            meta: json!({
+                "audio": settings.audio.has_microphone(),
+                "speaker": settings.audio.has_speaker(),
+            }),
+            // Call ids are the caller's to choose and unique on the phonebook: a random
+            // part keeps a restarted daemon's from meeting its predecessor's.
+            call_prefix: format!("b-{:08x}", rand::random::<u32>()),
+        },
     }
 }
 
@@ -123,7 +152,7 @@ pub async fn run(
             "answer = auto accepts every call: anyone who reaches the phonebook can watch this camera"
         );
     }
-    let engine = RtcEngine::new(&settings.ice, caps)?;
+    let engine = std::sync::Arc::new(RtcEngine::new(&settings.ice, caps)?);
     let config = core_config(&settings);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
@@ -155,6 +184,7 @@ pub async fn run(
             token: settings.device.token.clone(),
             tls: phonebook_tls,
             refuse_open: settings.call.answer == AnswerPolicy::Auto,
+            listen: !settings.bell.ring.is_empty(),
         },
         event_tx,
         out_rx,
@@ -168,12 +198,14 @@ pub async fn run(
         phonebook: PhonebookSide::new(out_tx),
         peerjs: peerjs_side,
         peers: HashMap::new(),
-        peer_events: peer_tx,
+        peer_news: peer_tx,
         indicators,
         watchdog_due: shell::first_watchdog_wake(&notifier, now),
         notifier,
         interactive,
-        reply: None,
+        replies: HashMap::new(),
+        next_request: 0,
+        meta: registration_meta(&settings),
     };
     loop {
         let wake = shell.next_wake();
@@ -186,7 +218,7 @@ pub async fn run(
         let woke = tokio::select! {
             Some(event) = event_rx.recv() => Wake::Phonebook(event),
             Some(event) = peerjs_rx.recv() => Wake::PeerJs(event),
-            Some((call, event)) = peer_rx.recv() => Wake::Peer(call, event),
+            Some(news) = peer_rx.recv() => Wake::Peer(news),
             Some(request) = requests.recv() => Wake::Request(request),
             _ = sleep => Wake::Deadline,
             _ = shutdown.cancelled() => break,
@@ -209,7 +241,7 @@ pub async fn run(
                     shell.handle(input, now).await;
                 }
             }
-            Wake::Peer(call, event) => shell.handle(Input::Peer { call, event }, now).await,
+            Wake::Peer(news) => shell.peer_news(news, now).await,
             Wake::Request(request) => shell.request(request, now).await,
             Wake::Deadline => {}
         }

@@ -1,39 +1,63 @@
 //! The IO around [`Doorbell`]: it reads the clock once per wake-up, hands the core what
 //! the phonebook, the PeerJS server, the peer connections and the buttons report, and
 //! carries out the actions it returns. It decides nothing about calls.
+//!
+//! Making a peer connection takes tens of milliseconds, so it runs on a task of its own
+//! and comes back as [`PeerNews::Made`], ahead of that peer's events on the same channel;
+//! the loop meanwhile goes on with other calls and presses. A press's reply goes where
+//! its request id says, whenever the core gives it (an accept replies once the answer is
+//! made).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::core::{Action, Doorbell, Input, Notify};
+use super::core::{Action, Doorbell, Input, Lights, Notify, PeerReport, RequestId};
 use super::sides::{CallerSide, PeerJsSide, PhonebookSide, deliver};
 use crate::control::{Control, ControlError, Reply, Request};
-use crate::gpio::Indicators;
+use crate::gpio::{Indicators, Levels};
 use crate::media::audio::AudioSettings;
 use crate::rtc::{CallPeer, Feeds, PeerEvent, RtcEngine};
-use crate::signalling::events::{CallStatus, Side, Status};
+use crate::signalling::events::Side;
 use crate::signalling::protocol::ClientMessage;
+use crate::signalling::status::{CallStatus, Status};
 use crate::systemd::Notifier;
+
+/// What the peer tasks tell the loop, in order per call.
+pub(super) enum PeerNews {
+    /// A peer connection asked for is made (with its SDP), or could not be.
+    Made {
+        call: String,
+        offered: bool,
+        result: anyhow::Result<(CallPeer, String)>,
+    },
+    /// A made peer reported something.
+    Event { call: String, event: PeerEvent },
+}
 
 /// The device's IO: the peers, the sides, the indicators and the service manager.
 pub(super) struct Shell {
     pub(super) core: Doorbell,
-    pub(super) engine: RtcEngine,
+    pub(super) engine: Arc<RtcEngine>,
     pub(super) feeds: Feeds,
     pub(super) audio: AudioSettings,
     pub(super) phonebook: PhonebookSide,
     pub(super) peerjs: Option<PeerJsSide>,
     pub(super) peers: HashMap<String, CallPeer>,
-    /// Where each peer's events go, tagged with its call.
-    pub(super) peer_events: mpsc::UnboundedSender<(String, PeerEvent)>,
+    /// Where the peer tasks report.
+    pub(super) peer_news: mpsc::UnboundedSender<PeerNews>,
     pub(super) indicators: Box<dyn Indicators>,
     pub(super) notifier: Notifier,
     pub(super) interactive: bool,
-    /// Where the reply to the press being handled goes.
-    pub(super) reply: Option<oneshot::Sender<Reply>>,
+    /// Where the replies to pending requests go, by request id.
+    pub(super) replies: HashMap<RequestId, oneshot::Sender<Reply>>,
+    pub(super) next_request: RequestId,
+    /// The device's registration metadata, to which the bell's state is added.
+    pub(super) meta: Value,
     /// When the systemd watchdog next wants a wake-up, if it is on.
     pub(super) watchdog_due: Option<Instant>,
 }
@@ -86,11 +110,12 @@ impl Shell {
                 }
             }
             Control::Press(press) => {
-                self.reply = request.reply;
-                self.handle(Input::Press(press), now).await;
-                // The core replies to every press; should it not, the asker hears that the
-                // daemon is gone rather than waiting.
-                self.reply = None;
+                let request = request.reply.map(|tx| {
+                    self.next_request += 1;
+                    self.replies.insert(self.next_request, tx);
+                    self.next_request
+                });
+                self.handle(Input::Press { press, request }, now).await;
                 return;
             }
         };
@@ -110,20 +135,35 @@ impl Shell {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::ToCaller {
-                    side,
-                    call,
-                    message,
-                } => {
-                    if let Some(side) = self.side(side) {
-                        deliver(side, &call, message);
+                Action::Signal { side, call, signal } => {
+                    let placed = self
+                        .side(side)
+                        .is_some_and(|side| deliver(side, &call, signal));
+                    if !placed {
+                        let input = Input::RemoteHangup {
+                            call,
+                            reason: "that side cannot carry this call".into(),
+                        };
+                        queue.extend(self.core.handle(input, Instant::now()));
                     }
                 }
-                Action::CreatePeer { call, offer } => {
-                    let input = self.create_peer(call, &offer).await;
-                    // Making the answer takes a while (tens of ms): the core hears of it at
-                    // the time it came, for the connect timeout and the set-up timings.
-                    queue.extend(self.core.handle(input, Instant::now()));
+                Action::CreateAnswer { call, offer } => self.make_peer(call, Some(offer)),
+                Action::CreateOffer { call } => self.make_peer(call, None),
+                Action::ApplyAnswer { call, sdp } => {
+                    let Some(peer) = self.peers.get(&call) else {
+                        continue;
+                    };
+                    if let Err(err) = peer.apply_answer(&sdp).await {
+                        warn!(%call, "the callee's answer cannot be used: {err:#}");
+                        let report = PeerReport::Lost(format!("bad answer: {err:#}"));
+                        let input = Input::Peer { call, report };
+                        queue.extend(self.core.handle(input, Instant::now()));
+                    }
+                }
+                Action::OpenTwoWay { call } => {
+                    if let Some(peer) = self.peers.get(&call) {
+                        peer.open_two_way();
+                    }
                 }
                 Action::AddCandidates { call, candidates } => {
                     if let Some(peer) = self.peers.get(&call) {
@@ -166,8 +206,15 @@ impl Shell {
                     name: self.core.name().to_owned(),
                     presence,
                 }),
-                Action::Indicators(levels) => {
-                    if let Err(err) = self.indicators.show(levels) {
+                Action::PublishBell(bell) => {
+                    self.meta["bell"] = json!(bell);
+                    self.phonebook.send(ClientMessage::Register {
+                        name: self.core.name().to_owned(),
+                        meta: self.meta.clone(),
+                    });
+                }
+                Action::Lights(lights) => {
+                    if let Err(err) = self.indicators.show(levels(lights)) {
                         warn!("cannot switch the indicators: {err:#}");
                     }
                 }
@@ -179,41 +226,98 @@ impl Shell {
                         eprintln!("peercam: {text}");
                     }
                 }
-                Action::Reply(reply) => {
-                    if let Some(tx) = self.reply.take() {
-                        let _ = tx.send(reply);
+                Action::Reply { request, reply } => match request {
+                    Some(request) => {
+                        if let Some(tx) = self.replies.remove(&request) {
+                            let _ = tx.send(reply);
+                        }
                     }
-                }
+                    // A button's press: nobody reads the reply, but a refusal is news.
+                    None => {
+                        if let Err(err) = reply {
+                            info!("button press: {err}");
+                        }
+                    }
+                },
             }
         }
     }
 
-    /// Makes the call's peer connection from the offer; its events reach the loop tagged
-    /// with the call.
-    async fn create_peer(&mut self, call: String, offer: &str) -> Input {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let forward = self.peer_events.clone();
-        let id = call.clone();
+    /// Makes a call's peer connection on a task of its own: the answer to `offer`, or an
+    /// offer of the camera. The result, then the peer's events, come back as
+    /// [`PeerNews`].
+    fn make_peer(&self, call: String, offer: Option<String>) {
+        let engine = self.engine.clone();
+        let feeds = self.feeds.clone();
+        let audio = self.audio.clone();
+        let news = self.peer_news.clone();
         tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let offered = offer.is_none();
+            let result = match offer {
+                Some(offer) => CallPeer::answer(&engine, &offer, &feeds, &audio, tx).await,
+                None => CallPeer::offer(&engine, &feeds, &audio, tx).await,
+            };
+            let made = result.is_ok();
+            let id = call.clone();
+            if news
+                .send(PeerNews::Made {
+                    call,
+                    offered,
+                    result,
+                })
+                .is_err()
+                || !made
+            {
+                return;
+            }
             while let Some(event) = rx.recv().await {
-                if forward.send((id.clone(), event)).is_err() {
+                let event = PeerNews::Event {
+                    call: id.clone(),
+                    event,
+                };
+                if news.send(event).is_err() {
                     break;
                 }
             }
         });
-        match CallPeer::answer(&self.engine, offer, &self.feeds, &self.audio, tx).await {
-            Ok((peer, sdp)) => {
+    }
+
+    /// What a peer task reported, for the core.
+    pub(super) async fn peer_news(&mut self, news: PeerNews, now: Instant) {
+        let input = match news {
+            PeerNews::Made {
+                call,
+                offered,
+                result: Ok((peer, sdp)),
+            } => {
                 self.peers.insert(call.clone(), peer);
-                Input::AnswerMade { call, sdp }
-            }
-            Err(err) => {
-                warn!(%call, "cannot answer: {err:#}");
-                Input::AnswerFailed {
-                    call,
-                    reason: format!("{err:#}"),
+                if offered {
+                    Input::OfferMade { call, sdp }
+                } else {
+                    Input::AnswerMade { call, sdp }
                 }
             }
-        }
+            PeerNews::Made {
+                call,
+                offered,
+                result: Err(err),
+            } => {
+                let reason = format!("{err:#}");
+                if offered {
+                    warn!(%call, "cannot call out: {reason}");
+                    Input::OfferFailed { call, reason }
+                } else {
+                    warn!(%call, "cannot answer: {reason}");
+                    Input::AnswerFailed { call, reason }
+                }
+            }
+            PeerNews::Event { call, event } => Input::Peer {
+                call,
+                report: report(event),
+            },
+        };
+        self.handle(input, now).await;
     }
 
     /// What `peercam status` prints.
@@ -224,7 +328,7 @@ impl Shell {
             peerjs: self.core.peerjs_open(),
             camera_running: self.feeds.video.is_running(),
             dnd: self.core.dnd(),
-            indicators: self.core.levels(),
+            indicators: levels(self.core.lights()),
             viewers: self.core.watching(),
             feed: self.feeds.video.stats(),
             microphone: self.feeds.audio.as_ref().map(|f| f.stats()),
@@ -233,9 +337,12 @@ impl Shell {
                 .calls()
                 .map(|c| {
                     let peer = self.peers.get(c.id);
+                    let placed = c.role == crate::call::Role::Caller;
                     CallStatus {
                         id: c.id.to_owned(),
-                        caller: c.caller.to_owned(),
+                        caller: if placed { self.core.name() } else { c.party }.to_owned(),
+                        role: c.role,
+                        callee: placed.then(|| c.party.to_owned()),
                         via: c.side,
                         state: c.state,
                         video: peer.map(|p| p.video_codec()),
@@ -243,12 +350,35 @@ impl Shell {
                     }
                 })
                 .collect(),
+            bell: self.core.bell().cloned(),
         }
     }
 
     /// Ends every call (telling the viewers first) and darkens the indicators.
     pub(super) async fn shut_down(&mut self) {
         self.handle(Input::Shutdown, Instant::now()).await;
+    }
+}
+
+/// What the core's lights are on the board's outputs.
+fn levels(lights: Lights) -> Levels {
+    Levels {
+        ring_led: lights.ring_led,
+        on_air_led: lights.on_air_led,
+        buzzer: lights.buzzer,
+        door: lights.door,
+    }
+}
+
+/// A peer's event as the core hears it.
+fn report(event: PeerEvent) -> PeerReport {
+    match event {
+        PeerEvent::Candidate(candidate) => PeerReport::Candidate(candidate),
+        PeerEvent::Connected => PeerReport::Connected,
+        PeerEvent::DataOpen => PeerReport::DataOpen,
+        PeerEvent::Text(text) => PeerReport::Text(text),
+        PeerEvent::DataClosed(label) => PeerReport::DataClosed(label),
+        PeerEvent::Lost(reason) => PeerReport::Lost(reason),
     }
 }
 

@@ -1,6 +1,7 @@
-//! The caller's side of a call: the signalling it came through, behind one small
-//! interface ([`CallerSide`]). Each side also turns what its client reports into the
-//! core's [`Input`]s, so the rest of the device does not know one signalling from another.
+//! The other end's side of a call: the signalling it goes through, behind one small
+//! interface ([`CallerSide`]), for the calls the device answers and those it places (the
+//! bell). Each side also turns what its client reports into the core's [`Input`]s, so the
+//! rest of the device does not know one signalling from another.
 //!
 //! The phonebook's side ([`PhonebookSide`]) speaks our protocol; WHEP players reach the
 //! device through the phonebook, so they are phonebook calls. The PeerJS side
@@ -15,15 +16,18 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::core::{Input, ToCaller};
+use super::core::{Directory, Input, Signal};
 use crate::signalling::client::ClientEvent;
 use crate::signalling::events::Side;
 use crate::signalling::peerjs::{PeerJsCommand, PeerJsEvent};
 use crate::signalling::protocol::{ClientMessage, IceCandidate, ServerMessage};
 use crate::signalling::sanitize::for_log;
 
-/// Where a call's answers go.
+/// Where a call's signals go.
 pub trait CallerSide: Send {
+    /// The device calls `callee` with `sdp`; returns false when this side cannot place
+    /// calls (the call then ends at once).
+    fn place(&mut self, call: &str, callee: &str, meta: Value, sdp: String) -> bool;
     /// The call rings.
     fn ringing(&mut self, call: &str);
     /// The call is answered with `sdp`.
@@ -38,15 +42,17 @@ pub trait CallerSide: Send {
     fn forget(&mut self, _call: &str) {}
 }
 
-/// Hands `message` to `side`.
-pub fn deliver(side: &mut dyn CallerSide, call: &str, message: ToCaller) {
-    match message {
-        ToCaller::Ringing => side.ringing(call),
-        ToCaller::Answer(sdp) => side.answer(call, sdp),
-        ToCaller::Decline(reason) => side.decline(call, reason),
-        ToCaller::Hangup(reason) => side.hangup(call, reason),
-        ToCaller::Candidate(candidate) => side.candidate(call, candidate),
+/// Hands `signal` to `side`; false when the side could not place a call.
+pub fn deliver(side: &mut dyn CallerSide, call: &str, signal: Signal) -> bool {
+    match signal {
+        Signal::Place { callee, meta, sdp } => return side.place(call, &callee, meta, sdp),
+        Signal::Ringing => side.ringing(call),
+        Signal::Answer(sdp) => side.answer(call, sdp),
+        Signal::Decline(reason) => side.decline(call, reason),
+        Signal::Hangup(reason) => side.hangup(call, reason),
+        Signal::Candidate(candidate) => side.candidate(call, candidate),
     }
+    true
 }
 
 /// Calls through our phonebook.
@@ -98,6 +104,27 @@ impl PhonebookSide {
                     call: call_id,
                     reason,
                 }),
+                // The replies to the calls the device placed.
+                ServerMessage::Ringing { call_id, sdp } => Some(Input::CalleeRinging {
+                    call: call_id,
+                    answer: sdp,
+                }),
+                ServerMessage::Accepted { call_id, sdp } => {
+                    Some(Input::CalleeAccepted { call: call_id, sdp })
+                }
+                ServerMessage::Declined { call_id, reason } => Some(Input::CalleeDeclined {
+                    call: call_id,
+                    reason,
+                }),
+                ServerMessage::Callees { callees } => Some(Input::Directory(Directory::All(
+                    callees.into_iter().map(|c| (c.name, c.presence)).collect(),
+                ))),
+                ServerMessage::CalleeUpdate { callee } => Some(Input::Directory(
+                    Directory::Changed(callee.name, callee.presence),
+                )),
+                ServerMessage::CalleeRemoved { name } => {
+                    Some(Input::Directory(Directory::Removed(name)))
+                }
                 ServerMessage::Error {
                     code,
                     message,
@@ -119,9 +146,20 @@ impl PhonebookSide {
 }
 
 impl CallerSide for PhonebookSide {
+    fn place(&mut self, call: &str, callee: &str, meta: Value, sdp: String) -> bool {
+        self.send(ClientMessage::Call {
+            call_id: call.into(),
+            callee: callee.into(),
+            meta,
+            sdp,
+        });
+        true
+    }
+
     fn ringing(&mut self, call: &str) {
         self.send(ClientMessage::Ringing {
             call_id: call.into(),
+            sdp: None,
         });
     }
 
@@ -229,6 +267,12 @@ impl PeerJsSide {
 }
 
 impl CallerSide for PeerJsSide {
+    fn place(&mut self, call: &str, callee: &str, _meta: Value, _sdp: String) -> bool {
+        // The bell rings through the phonebook; a stock PeerJS peer has no ringing.
+        warn!(call, callee = %for_log(callee), "calls are placed through the phonebook only");
+        false
+    }
+
     fn ringing(&mut self, _call: &str) {
         // PeerJS has no ringing: its caller just waits for the answer.
     }
@@ -356,14 +400,20 @@ mod tests {
     fn a_phonebook_call_hears_every_message() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut side = PhonebookSide::new(tx);
-        deliver(&mut side, "c1", ToCaller::Ringing);
-        deliver(&mut side, "c1", ToCaller::Decline("Not now".into()));
-        deliver(&mut side, "c1", ToCaller::Hangup("bye".into()));
-        deliver(&mut side, "c1", ToCaller::Candidate(None));
+        deliver(&mut side, "c1", Signal::Ringing);
+        deliver(&mut side, "c1", Signal::Decline("Not now".into()));
+        deliver(&mut side, "c1", Signal::Hangup("bye".into()));
+        deliver(&mut side, "c1", Signal::Candidate(None));
+        let placed = Signal::Place {
+            callee: "ada".into(),
+            meta: json!({"kind": "bell"}),
+            sdp: "v=0".into(),
+        };
+        assert!(deliver(&mut side, "b-1", placed));
         let sent: Vec<&str> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|m| m.kind())
             .collect();
-        assert_eq!(sent, ["ringing", "decline", "hangup", "candidate"]);
+        assert_eq!(sent, ["ringing", "decline", "hangup", "candidate", "call"]);
     }
 
     fn offer(side: &mut PeerJsSide, src: &str, connection: &str, metadata: Value) -> Input {
@@ -406,16 +456,16 @@ mod tests {
         let mut side = PeerJsSide::new(tx);
         offer(&mut side, "abc", "mc_1", json!({}));
         let call = "peerjs-mc_1";
-        deliver(&mut side, call, ToCaller::Ringing);
-        deliver(&mut side, call, ToCaller::Hangup("bye".into()));
-        deliver(&mut side, call, ToCaller::Candidate(None));
+        deliver(&mut side, call, Signal::Ringing);
+        deliver(&mut side, call, Signal::Hangup("bye".into()));
+        deliver(&mut side, call, Signal::Candidate(None));
         assert!(rx.try_recv().is_err(), "nothing to send for these");
-        deliver(&mut side, call, ToCaller::Candidate(Some(candidate())));
+        deliver(&mut side, call, Signal::Candidate(Some(candidate())));
         assert!(matches!(
             rx.try_recv(),
             Ok(PeerJsCommand::Candidate { dst, connection_id, .. }) if dst == "abc" && connection_id == "mc_1"
         ));
-        deliver(&mut side, call, ToCaller::Answer("v=0 answer".into()));
+        deliver(&mut side, call, Signal::Answer("v=0 answer".into()));
         assert_eq!(
             rx.try_recv().unwrap(),
             PeerJsCommand::Answer {
@@ -424,14 +474,20 @@ mod tests {
                 sdp: "v=0 answer".into()
             }
         );
-        deliver(&mut side, call, ToCaller::Decline("busy".into()));
+        deliver(&mut side, call, Signal::Decline("busy".into()));
         assert_eq!(
             rx.try_recv().unwrap(),
             PeerJsCommand::Expire { dst: "abc".into() }
         );
         side.forget(call);
-        deliver(&mut side, call, ToCaller::Decline("busy".into()));
+        deliver(&mut side, call, Signal::Decline("busy".into()));
         assert!(rx.try_recv().is_err(), "a forgotten call has no address");
+        let placed = Signal::Place {
+            callee: "ada".into(),
+            meta: json!({}),
+            sdp: "v=0".into(),
+        };
+        assert!(!deliver(&mut side, "b-1", placed), "PeerJS places no calls");
     }
 
     #[test]

@@ -5,15 +5,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::core::{
-    Action, Config, Doorbell, FLUSH_LIMIT, Input, MAX_EARLY_CANDIDATES, Notify, SHUTTING_DOWN,
-    ToCaller,
+    Action, BellConfig, Config, Doorbell, FLUSH_LIMIT, Input, Lights, MAX_EARLY_CANDIDATES, Notify,
+    PeerReport, SHUTTING_DOWN, Signal,
 };
+use crate::buttons::Button;
 use crate::call::{AnswerRules, BUSY, CONNECT_FAILED, CONNECT_TIMEOUT, CallState, NO_ANSWER};
 use crate::control::ControlError;
 use crate::control::Press;
-use crate::gpio::Levels;
-use crate::rtc::PeerEvent;
-use crate::signalling::events::{Button, DeviceEvent, Side};
+use crate::signalling::events::{DeviceEvent, Side};
 use crate::signalling::protocol::{IceCandidate, Presence};
 
 fn config() -> Config {
@@ -28,6 +27,7 @@ fn config() -> Config {
         ring_timeout: Duration::from_secs(30),
         decline_reason: "Not now".into(),
         peerjs: true,
+        bell: BellConfig::default(),
     }
 }
 
@@ -75,13 +75,16 @@ impl Bell {
     }
 
     fn press(&mut self, press: Press) -> Vec<Action> {
-        self.input(Input::Press(press))
+        self.input(Input::Press {
+            press,
+            request: Some(7),
+        })
     }
 
-    fn peer(&mut self, call: &str, event: PeerEvent) -> Vec<Action> {
+    fn peer(&mut self, call: &str, report: PeerReport) -> Vec<Action> {
         self.input(Input::Peer {
             call: call.into(),
-            event,
+            report,
         })
     }
 
@@ -97,15 +100,15 @@ impl Bell {
     fn accept_and_watch(&mut self, call: &str) -> Vec<Action> {
         let mut actions = self.press(Press::Accept);
         assert!(
-            actions.contains(&Action::CreatePeer {
+            actions.contains(&Action::CreateAnswer {
                 call: call.into(),
                 offer: format!("offer of {call}"),
             }),
             "{actions:?}"
         );
         actions.extend(self.answered(call));
-        actions.extend(self.peer(call, PeerEvent::Connected));
-        actions.extend(self.peer(call, PeerEvent::DataOpen));
+        actions.extend(self.peer(call, PeerReport::Connected));
+        actions.extend(self.peer(call, PeerReport::DataOpen));
         actions
     }
 
@@ -115,13 +118,13 @@ impl Bell {
 }
 
 /// What the calls' sides were told, in order.
-fn told(actions: &[Action], call: &str) -> Vec<ToCaller> {
+fn told(actions: &[Action], call: &str) -> Vec<Signal> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::ToCaller {
-                call: c, message, ..
-            } if c == call => Some(message.clone()),
+            Action::Signal {
+                call: c, signal, ..
+            } if c == call => Some(signal.clone()),
             _ => None,
         })
         .collect()
@@ -131,7 +134,10 @@ fn reply(actions: &[Action]) -> Result<String, ControlError> {
     let replies: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reply(r) => Some(r.clone()),
+            Action::Reply { reply, request } => {
+                assert_eq!(*request, Some(7), "the reply goes to the press's request");
+                Some(reply.clone())
+            }
             _ => None,
         })
         .collect();
@@ -150,11 +156,11 @@ fn events(actions: &[Action]) -> Vec<(Vec<String>, DeviceEvent)> {
         .collect()
 }
 
-fn indicators(actions: &[Action]) -> Vec<Levels> {
+fn indicators(actions: &[Action]) -> Vec<Lights> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Indicators(levels) => Some(*levels),
+            Action::Lights(levels) => Some(*levels),
             _ => None,
         })
         .collect()
@@ -197,10 +203,10 @@ fn secs(n: u64) -> Duration {
 fn a_decline_reason_arrives_verbatim_and_an_unanswered_call_times_out() {
     let mut bell = Bell::new();
     let actions = bell.offer("c1", "Ray");
-    assert_eq!(told(&actions, "c1"), [ToCaller::Ringing]);
+    assert_eq!(told(&actions, "c1"), [Signal::Ringing]);
     let reason = "Pas maintenant ☕ — plus tard";
     let actions = bell.press(Press::Decline(Some(reason.into())));
-    assert_eq!(told(&actions, "c1"), [ToCaller::Decline(reason.into())]);
+    assert_eq!(told(&actions, "c1"), [Signal::Decline(reason.into())]);
     assert!(reply(&actions).unwrap().contains("Ray"));
     assert_eq!(bell.core.calls().count(), 0);
 
@@ -214,7 +220,7 @@ fn a_decline_reason_arrives_verbatim_and_an_unanswered_call_times_out() {
             break;
         };
         let actions = bell.advance(due - bell.now);
-        if told(&actions, "c2") == [ToCaller::Decline(NO_ANSWER.into())] {
+        if told(&actions, "c2") == [Signal::Decline(NO_ANSWER.into())] {
             declined_at = Some(bell.now);
             break;
         }
@@ -226,7 +232,7 @@ fn a_decline_reason_arrives_verbatim_and_an_unanswered_call_times_out() {
         None,
         "nothing left to wake up for"
     );
-    assert_eq!(bell.core.levels(), Levels::default());
+    assert_eq!(bell.core.lights(), Lights::default());
 }
 
 #[test]
@@ -257,28 +263,25 @@ fn of_two_callers_the_first_is_accepted_the_second_declined_then_the_device_hang
     let actions = bell.press(Press::Accept);
     assert_eq!(bell.state("ray"), Some(CallState::Accepted));
     assert!(
-        !actions.iter().any(|a| matches!(a, Action::Reply(_))),
+        !actions.iter().any(|a| matches!(a, Action::Reply { .. })),
         "the reply waits for the answer"
     );
     let actions = bell.answered("ray");
     assert_eq!(
         told(&actions, "ray"),
-        [ToCaller::Answer("answer of ray".into())]
+        [Signal::Answer("answer of ray".into())]
     );
     assert_eq!(reply(&actions), Ok("accepted the call from Ray".into()));
 
     let actions = bell.press(Press::Decline(None));
-    assert_eq!(
-        told(&actions, "egon"),
-        [ToCaller::Decline("Not now".into())]
-    );
+    assert_eq!(told(&actions, "egon"), [Signal::Decline("Not now".into())]);
     assert_eq!(
         reply(&actions),
         Ok("declined the call from Egon: Not now".into())
     );
 
-    bell.peer("ray", PeerEvent::Connected);
-    let actions = bell.peer("ray", PeerEvent::DataOpen);
+    bell.peer("ray", PeerReport::Connected);
+    let actions = bell.peer("ray", PeerReport::DataOpen);
     assert_eq!(
         events(&actions),
         [
@@ -318,7 +321,7 @@ fn of_two_callers_the_first_is_accepted_the_second_declined_then_the_device_hang
     for call in ["ray", "peter"] {
         assert_eq!(
             told(&actions, call),
-            [ToCaller::Hangup("hung up at the device".into())]
+            [Signal::Hangup("hung up at the device".into())]
         );
         assert!(actions.contains(&Action::ClosePeer { call: call.into() }));
         assert!(actions.contains(&Action::Forget {
@@ -339,14 +342,14 @@ fn beyond_max_viewers_callers_get_busy() {
     assert!(
         actions
             .iter()
-            .any(|a| matches!(a, Action::CreatePeer { .. }))
+            .any(|a| matches!(a, Action::CreateAnswer { .. }))
     );
     let actions = bell.offer("two", "Two");
-    assert_eq!(told(&actions, "two"), [ToCaller::Decline(BUSY.into())]);
+    assert_eq!(told(&actions, "two"), [Signal::Decline(BUSY.into())]);
     assert!(
         !actions
             .iter()
-            .any(|a| matches!(a, Action::CreatePeer { .. }))
+            .any(|a| matches!(a, Action::CreateAnswer { .. }))
     );
     assert_eq!(bell.core.calls().count(), 1);
 }
@@ -361,7 +364,7 @@ fn do_not_disturb_declines_ringing_and_new_calls_and_survives_a_reregistration()
     assert!(actions.contains(&Action::SetPresence(Presence::Dnd)));
     assert_eq!(
         told(&actions, "early"),
-        [ToCaller::Decline("Do not disturb".into())]
+        [Signal::Decline("Do not disturb".into())]
     );
     assert!(reply(&actions).unwrap().contains("on"));
     assert!(bell.core.dnd());
@@ -369,7 +372,7 @@ fn do_not_disturb_declines_ringing_and_new_calls_and_survives_a_reregistration()
     let actions = bell.offer("later", "Later");
     assert_eq!(
         told(&actions, "later"),
-        [ToCaller::Decline("Do not disturb".into())]
+        [Signal::Decline("Do not disturb".into())]
     );
 
     // A phonebook that restarted forgot the presence: it is set again.
@@ -384,7 +387,7 @@ fn do_not_disturb_declines_ringing_and_new_calls_and_survives_a_reregistration()
     assert!(actions.contains(&Action::SetPresence(Presence::Available)));
     assert_eq!(reply(&actions), Ok("do not disturb is off".into()));
     let actions = bell.offer("again", "Again");
-    assert_eq!(told(&actions, "again"), [ToCaller::Ringing]);
+    assert_eq!(told(&actions, "again"), [Signal::Ringing]);
     let actions = bell.input(Input::Registered(Side::Phonebook));
     assert!(!actions.iter().any(|a| matches!(a, Action::SetPresence(_))));
 }
@@ -393,18 +396,18 @@ fn do_not_disturb_declines_ringing_and_new_calls_and_survives_a_reregistration()
 fn allow_listed_callers_are_accepted_without_ringing_for_long() {
     let mut bell = Bell::new();
     let actions = bell.offer("grandma", "Grandma");
-    assert_eq!(told(&actions, "grandma"), [ToCaller::Ringing]);
+    assert_eq!(told(&actions, "grandma"), [Signal::Ringing]);
     assert!(
         actions
             .iter()
-            .any(|a| matches!(a, Action::CreatePeer { .. }))
+            .any(|a| matches!(a, Action::CreateAnswer { .. }))
     );
     assert!(
-        !actions.iter().any(|a| matches!(a, Action::Reply(_))),
+        !actions.iter().any(|a| matches!(a, Action::Reply { .. })),
         "nobody pressed"
     );
     bell.answered("grandma");
-    bell.peer("grandma", PeerEvent::Connected);
+    bell.peer("grandma", PeerReport::Connected);
     bell.offer("stranger", "Stranger");
     assert_eq!(bell.state("grandma"), Some(CallState::Established));
     assert_eq!(bell.state("stranger"), Some(CallState::Ringing));
@@ -419,7 +422,7 @@ fn allow_listed_callers_are_accepted_without_ringing_for_long() {
     assert!(
         !actions
             .iter()
-            .any(|a| matches!(a, Action::CreatePeer { .. }))
+            .any(|a| matches!(a, Action::CreateAnswer { .. }))
     );
 }
 
@@ -431,10 +434,11 @@ fn the_data_channel_carries_text_and_events_and_the_lights_follow() {
     // gives: both LED levels show within a second.
     assert_eq!(
         indicators(&actions),
-        [Levels {
+        [Lights {
             ring_led: true,
             on_air_led: false,
-            buzzer: true
+            buzzer: true,
+            door: false,
         }]
     );
     let start = bell.now;
@@ -442,7 +446,7 @@ fn the_data_channel_carries_text_and_events_and_the_lights_follow() {
     while bell.now < start + secs(1) {
         let due = bell.core.next_deadline().unwrap();
         bell.advance(due - bell.now);
-        let on = bell.core.levels().ring_led;
+        let on = bell.core.lights().ring_led;
         if led.last() != Some(&on) {
             led.push(on);
         }
@@ -453,13 +457,14 @@ fn the_data_channel_carries_text_and_events_and_the_lights_follow() {
     let last = *indicators(&actions).last().unwrap();
     assert_eq!(
         last,
-        Levels {
+        Lights {
             ring_led: false,
             on_air_led: true,
-            buzzer: false
+            buzzer: false,
+            door: false,
         }
     );
-    let actions = bell.peer("ray", PeerEvent::Text("hello\u{1b}[2J camera\n".into()));
+    let actions = bell.peer("ray", PeerReport::Text("hello\u{1b}[2J camera\n".into()));
     assert_eq!(said(&actions), ["Ray says: hello[2J camera"]);
     assert_eq!(
         bell.core.next_deadline(),
@@ -480,10 +485,10 @@ fn the_data_channel_carries_text_and_events_and_the_lights_follow() {
         &|a| matches!(a, Action::Flush { calls, limit } if calls == &["ray"] && *limit == FLUSH_LIMIT),
     );
     let hangup = at(
-        &|a| matches!(a, Action::ToCaller { message: ToCaller::Hangup(r), .. } if r == SHUTTING_DOWN),
+        &|a| matches!(a, Action::Signal { signal: Signal::Hangup(r), .. } if r == SHUTTING_DOWN),
     );
     assert!(event < flush && flush < hangup, "{actions:?}");
-    assert_eq!(indicators(&actions).last(), Some(&Levels::default()));
+    assert_eq!(indicators(&actions).last(), Some(&Lights::default()));
     assert_eq!(bell.core.calls().count(), 0);
 }
 
@@ -515,8 +520,8 @@ fn early_candidates_wait_for_the_answer_up_to_a_cap() {
         .position(|a| {
             matches!(
                 a,
-                Action::ToCaller {
-                    message: ToCaller::Answer(_),
+                Action::Signal {
+                    signal: Signal::Answer(_),
                     ..
                 }
             )
@@ -540,15 +545,15 @@ fn early_candidates_wait_for_the_answer_up_to_a_cap() {
         }]
     );
     // Our own candidates go to the caller's side, end of candidates included.
-    let actions = bell.peer("c1", PeerEvent::Candidate(None));
-    assert_eq!(told(&actions, "c1"), [ToCaller::Candidate(None)]);
+    let actions = bell.peer("c1", PeerReport::Candidate(None));
+    assert_eq!(told(&actions, "c1"), [Signal::Candidate(None)]);
 }
 
 #[test]
 fn a_caller_hanging_up_while_it_rings_stops_the_ringing() {
     let mut bell = Bell::new();
     bell.offer("c1", "Ray");
-    assert!(bell.core.levels().ring_led);
+    assert!(bell.core.lights().ring_led);
     let actions = bell.input(Input::RemoteHangup {
         call: "c1".into(),
         reason: "caller hung up".into(),
@@ -557,7 +562,7 @@ fn a_caller_hanging_up_while_it_rings_stops_the_ringing() {
         told(&actions, "c1").is_empty(),
         "no reply to a caller that left"
     );
-    assert_eq!(indicators(&actions), [Levels::default()]);
+    assert_eq!(indicators(&actions), [Lights::default()]);
     assert_eq!(bell.core.next_deadline(), None);
     assert_eq!(
         reply(&bell.press(Press::Accept)),
@@ -611,9 +616,9 @@ fn a_peerjs_caller_hangs_up_by_closing_its_data_channel() {
     bell.accept_and_watch("page");
 
     // Our own pages hang up in the signalling: their channel closing alone ends nothing.
-    let actions = bell.peer("page", PeerEvent::DataClosed("peercam".into()));
+    let actions = bell.peer("page", PeerReport::DataClosed("peercam".into()));
     assert!(actions.is_empty(), "{actions:?}");
-    let actions = bell.peer("peerjs-mc_1", PeerEvent::DataClosed("dc_1".into()));
+    let actions = bell.peer("peerjs-mc_1", PeerReport::DataClosed("dc_1".into()));
     assert!(told(&actions, "peerjs-mc_1").is_empty());
     assert!(actions.contains(&Action::ClosePeer {
         call: "peerjs-mc_1".into()
@@ -634,7 +639,7 @@ fn systemd_hears_ready_once_then_status() {
     bell.offer("c1", "Ray");
     bell.press(Press::Accept);
     bell.answered("c1");
-    let actions = bell.peer("c1", PeerEvent::Connected);
+    let actions = bell.peer("c1", PeerReport::Connected);
     assert_eq!(
         notified(&actions),
         [Notify::Status("registered as \"bell\", 1 viewer".into())]
@@ -664,8 +669,8 @@ fn viewers_hear_of_presses_and_of_the_count_changing() {
             button: Button::Accept
         }
     )));
-    let actions = bell.peer("b", PeerEvent::Lost("ICE failed".into()));
-    assert_eq!(told(&actions, "b"), [ToCaller::Hangup("ICE failed".into())]);
+    let actions = bell.peer("b", PeerReport::Lost("ICE failed".into()));
+    assert_eq!(told(&actions, "b"), [Signal::Hangup("ICE failed".into())]);
     assert_eq!(
         events(&actions),
         [(vec!["a".to_owned()], DeviceEvent::Viewers { count: 1 })]
@@ -693,7 +698,7 @@ fn an_answer_that_cannot_be_made_declines_with_the_error() {
     });
     assert_eq!(
         told(&actions, "c1"),
-        [ToCaller::Decline("no H.264 in the offer".into())]
+        [Signal::Decline("no H.264 in the offer".into())]
     );
     assert_eq!(
         reply(&actions),
@@ -718,7 +723,7 @@ fn an_accepted_call_that_never_connects_ends() {
     let actions = bell.advance(CONNECT_TIMEOUT);
     assert_eq!(
         told(&actions, "c1"),
-        [ToCaller::Hangup(CONNECT_FAILED.into())]
+        [Signal::Hangup(CONNECT_FAILED.into())]
     );
     assert_eq!(bell.state("c1"), None);
 }
@@ -733,16 +738,16 @@ fn a_repeated_offer_changes_nothing_and_names_are_cleaned() {
         sdp: String::new(),
     });
     assert!(bell.offer("c1", "Other").is_empty());
-    assert_eq!(bell.core.calls().next().unwrap().caller, "Raymond");
+    assert_eq!(bell.core.calls().next().unwrap().party, "Raymond");
     bell.input(Input::Offer {
         call: "c2".into(),
         side: Side::Phonebook,
         meta: json!({"name": "  "}),
         sdp: String::new(),
     });
-    assert_eq!(bell.core.calls().nth(1).unwrap().caller, "someone");
+    assert_eq!(bell.core.calls().nth(1).unwrap().party, "someone");
     // Presses and peer events for unknown calls are ignored.
-    assert!(bell.peer("nope", PeerEvent::Connected).is_empty());
+    assert!(bell.peer("nope", PeerReport::Connected).is_empty());
 }
 
 #[test]

@@ -40,12 +40,15 @@ pub struct Registration {
     /// Refuse a phonebook that lets anyone call (`auth: open`) unless it is on loopback:
     /// set when this device answers every call by itself.
     pub refuse_open: bool,
+    /// Also follow the callee list (`listen`): the bell rings those online.
+    pub listen: bool,
 }
 
 /// Keeps the device registered on the phonebook at `url` until every sender of
 /// `outgoing` is dropped: what was queued before that (the hang-ups of a shutdown) is
 /// still sent. Messages are dropped (logged) while not connected: call messages are
-/// meaningless to a phonebook that restarted.
+/// meaningless to a phonebook that restarted. A `register` of the device's own name sent
+/// through `outgoing` changes its metadata, also for the registrations after a reconnect.
 pub async fn run(
     url: String,
     registration: Registration,
@@ -62,7 +65,7 @@ pub async fn run(
 pub async fn run_on<T, F>(
     phonebook: &str,
     mut connect: impl FnMut() -> F + Send,
-    registration: Registration,
+    mut registration: Registration,
     events: mpsc::UnboundedSender<ClientEvent>,
     mut outgoing: mpsc::UnboundedReceiver<ClientMessage>,
 ) where
@@ -72,7 +75,7 @@ pub async fn run_on<T, F>(
     let mut backoff = Backoff::reconnect();
     loop {
         let outcome = match connect().await {
-            Ok(transport) => session(transport, &registration, &events, &mut outgoing).await,
+            Ok(transport) => session(transport, &mut registration, &events, &mut outgoing).await,
             Err(err) => Err(err.into()),
         };
         match outcome {
@@ -94,7 +97,11 @@ pub async fn run_on<T, F>(
             tokio::select! {
                 _ = &mut sleep => break,
                 msg = outgoing.recv() => match msg {
-                    Some(msg) => debug!(kind = msg.kind(), "not connected to the phonebook; message dropped"),
+                    Some(msg) => {
+                        if !keep_meta(&mut registration, &msg) {
+                            debug!(kind = msg.kind(), "not connected to the phonebook; message dropped");
+                        }
+                    }
                     None => return,
                 },
             }
@@ -139,13 +146,25 @@ fn registration_error(err: ClientError, name: &str) -> SessionError {
 
 /// One connection. `Ok(true)`: shut down cleanly; `Ok(false)`: the phonebook closed
 /// after we had registered (reconnect at once); `Err`: it failed.
+/// Keeps the metadata of a `register` of the device's own name for the registrations to
+/// come; true if `msg` was one.
+fn keep_meta(registration: &mut Registration, msg: &ClientMessage) -> bool {
+    match msg {
+        ClientMessage::Register { name, meta } if *name == registration.name => {
+            registration.meta = meta.clone();
+            true
+        }
+        _ => false,
+    }
+}
+
 async fn session<T: Transport>(
     transport: T,
-    registration: &Registration,
+    registration: &mut Registration,
     events: &mpsc::UnboundedSender<ClientEvent>,
     outgoing: &mut mpsc::UnboundedReceiver<ClientMessage>,
 ) -> Result<bool, SessionError> {
-    let name = &registration.name;
+    let name = &registration.name.clone();
     let agent = format!("peercam/{}", env!("CARGO_PKG_VERSION"));
     let mut conn = PhonebookConnection::hello(transport, &agent, registration.token.clone())
         .await
@@ -164,6 +183,9 @@ async fn session<T: Transport>(
     .map_err(|err| registration_error(err, name))?;
     info!(%name, "registered on the phonebook");
     let _ = events.send(ClientEvent::Registered);
+    if registration.listen {
+        conn.send(&ClientMessage::Listen).await?;
+    }
 
     loop {
         tokio::select! {
@@ -175,7 +197,10 @@ async fn session<T: Transport>(
                 }
             },
             msg = outgoing.recv() => match msg {
-                Some(msg) => conn.send(&msg).await?,
+                Some(msg) => {
+                    keep_meta(registration, &msg);
+                    conn.send(&msg).await?
+                }
                 None => {
                     // The phonebook reads in order, so once it has closed its end it has
                     // routed everything sent before: the hang-ups of a shutdown reach
@@ -205,6 +230,7 @@ mod tests {
             tls: None,
             // The phonebook is open, but in this process: allowed.
             refuse_open: true,
+            listen: false,
         }
     }
 

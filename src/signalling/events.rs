@@ -1,15 +1,10 @@
 //! What the camera tells beyond the phonebook protocol: the events it sends viewers over
-//! each call's data channel, and the status `peercam status` prints. Both are documented
-//! in `docs/protocol.md` (tests/protocol_docs.rs checks the examples there against these
-//! types); the pages (web/app.js) read the events by these names.
+//! each call's data channel, the requests viewers send it there, and the bell's state.
+//! They are documented in `docs/protocol.md` (tests/protocol_docs.rs checks the examples
+//! there against these types); the pages (web/app.js) read the events by these names.
+//! Nothing here knows the device's parts, so the device core can speak these types.
 
 use serde::{Deserialize, Serialize};
-
-use crate::call::CallState;
-use crate::control::Press;
-use crate::gpio::Levels;
-use crate::media::Codec;
-use crate::media::fanout::FeedStats;
 
 /// Which signalling a call came through, and so where its answers go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -21,31 +16,9 @@ pub enum Side {
     PeerJs,
 }
 
-/// A button at the device, as viewers are told it was pressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Button {
-    /// Accept.
-    Accept,
-    /// Decline (short press).
-    Decline,
-    /// Hang-up.
-    Hangup,
-    /// Do not disturb on/off (the decline button held).
-    Dnd,
-}
-
-impl From<&Press> for Button {
-    /// The button a press stands for, as viewers are told of it.
-    fn from(press: &Press) -> Button {
-        match press {
-            Press::Accept => Button::Accept,
-            Press::Decline(_) => Button::Decline,
-            Press::Hangup(_) => Button::Hangup,
-            Press::DoNotDisturb => Button::Dnd,
-        }
-    }
-}
+/// A button at the device, as viewers are told it was pressed (named by its word in
+/// [`crate::buttons::BUTTONS`]).
+pub use crate::buttons::Button;
 
 /// An event the camera sends on a call's data channel, as one JSON text message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +44,120 @@ pub enum DeviceEvent {
     },
     /// The daemon stops: every call ends next.
     ShuttingDown,
+    /// The visitor's bell changed: rung, answered, missed.
+    Bell(BellStatus),
+    /// The door output was driven, or a request to drive it was refused.
+    Door {
+        /// Whether the door is being opened.
+        open: bool,
+        /// Who opened it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// For how long, in seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secs: Option<u64>,
+        /// Why the request was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// What a viewer asks of the device on a call's data channel (a JSON text message;
+/// any other text is a message for the person at the device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum ViewerRequest {
+    /// Drive the door output (only for the one who answered the bell).
+    OpenDoor,
+}
+
+impl ViewerRequest {
+    /// The request `text` is, if it is one.
+    pub fn parse(text: &str) -> Option<ViewerRequest> {
+        // A message that merely mentions a request is still a message: only a JSON
+        // object whose `request` names one is taken.
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        value.get("request")?;
+        serde_json::from_value(value).ok()
+    }
+}
+
+/// Where the visitor's bell stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BellState {
+    /// Not pressed since the daemon started.
+    Idle,
+    /// The household's phones ring.
+    Ringing,
+    /// Someone answered (and may still be talking).
+    Answered,
+    /// Nobody answered: nobody was online, everyone declined, or the ring timeout passed.
+    Missed,
+    /// Hung up at the device (or the daemon stopped) while the phones rang.
+    Cancelled,
+}
+
+/// The bell's last press: whom it rang and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BellStatus {
+    /// Where it stands.
+    pub state: BellState,
+    /// Who answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Whom it rings now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ringing: Vec<String>,
+    /// Whom it did not ring, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// Who declined, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined: Vec<Declined>,
+}
+
+impl BellStatus {
+    /// Only the state and who answered: what the phonebook's callee list shows.
+    pub fn summary(&self) -> BellStatus {
+        BellStatus {
+            state: self.state,
+            by: self.by.clone(),
+            ringing: Vec::new(),
+            skipped: Vec::new(),
+            declined: Vec::new(),
+        }
+    }
+}
+
+/// A name in `bell.ring` a press did not ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The callee name.
+    pub name: String,
+    /// `offline`, `dnd` or `busy`.
+    pub why: SkipReason,
+}
+
+/// Why a name was not rung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Not in the phonebook now.
+    Offline,
+    /// Set to do not disturb.
+    Dnd,
+    /// In a call, or rung by someone else.
+    Busy,
+}
+
+/// A rung callee who declined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Declined {
+    /// The callee name.
+    pub name: String,
+    /// Their reason.
+    pub reason: String,
 }
 
 impl DeviceEvent {
@@ -78,48 +165,6 @@ impl DeviceEvent {
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("device events serialise")
     }
-}
-
-/// The daemon's state, as `peercam status` prints it (one JSON object).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Status {
-    /// The callee name.
-    pub name: String,
-    /// Registered on the phonebook now.
-    pub registered: bool,
-    /// Registered on the PeerJS server now; `null` when none is configured.
-    pub peerjs: Option<bool>,
-    /// The camera pipeline runs (someone watches, or it idles before stopping).
-    pub camera_running: bool,
-    /// Do not disturb is on.
-    pub dnd: bool,
-    /// What the ring LED, on-air LED and buzzer show.
-    pub indicators: Levels,
-    /// Calls in which media flows.
-    pub viewers: usize,
-    /// The camera feed's counters.
-    pub feed: FeedStats,
-    /// The microphone feed's counters, when there is a microphone.
-    pub microphone: Option<FeedStats>,
-    /// Every call on the device, in the order of their ids.
-    pub calls: Vec<CallStatus>,
-}
-
-/// One call in [`Status`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CallStatus {
-    /// The call's id (PeerJS calls: `peerjs-` and the media connection's id).
-    pub id: String,
-    /// The caller's name.
-    pub caller: String,
-    /// Which signalling it came through.
-    pub via: Side,
-    /// Where the call stands.
-    pub state: CallState,
-    /// The video codec sent, once the call is answered.
-    pub video: Option<Codec>,
-    /// Audio buffers from the caller played on the speaker.
-    pub played_audio_buffers: u64,
 }
 
 #[cfg(test)]
@@ -148,6 +193,28 @@ mod tests {
                 json!({"event": "button", "button": "dnd"}),
             ),
             (DeviceEvent::ShuttingDown, json!({"event": "shutting_down"})),
+            (
+                DeviceEvent::Bell(BellStatus {
+                    state: BellState::Answered,
+                    by: Some("ada".into()),
+                    ringing: Vec::new(),
+                    skipped: vec![Skipped {
+                        name: "bob".into(),
+                        why: SkipReason::Offline,
+                    }],
+                    declined: Vec::new(),
+                }),
+                json!({"event": "bell", "state": "answered", "by": "ada", "skipped": [{"name": "bob", "why": "offline"}]}),
+            ),
+            (
+                DeviceEvent::Door {
+                    open: true,
+                    by: Some("ada".into()),
+                    secs: Some(3),
+                    reason: None,
+                },
+                json!({"event": "door", "open": true, "by": "ada", "secs": 3}),
+            ),
         ];
         for (event, wire) in cases {
             let text = event.to_text();
@@ -157,6 +224,18 @@ mod tests {
             );
             assert_eq!(serde_json::from_value::<DeviceEvent>(wire).unwrap(), event);
         }
+    }
+
+    #[test]
+    fn only_a_json_object_naming_a_request_is_one() {
+        assert_eq!(
+            ViewerRequest::parse(r#"{"request":"open_door"}"#),
+            Some(ViewerRequest::OpenDoor)
+        );
+        assert_eq!(ViewerRequest::parse("open_door"), None);
+        assert_eq!(ViewerRequest::parse(r#"{"request":"launch"}"#), None);
+        assert_eq!(ViewerRequest::parse(r#"{"text":"open_door"}"#), None);
+        assert_eq!(ViewerRequest::parse("[1,2]"), None);
     }
 
     #[test]

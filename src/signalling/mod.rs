@@ -18,5 +18,6 @@ pub mod sanitize;
 pub mod sdp;
 pub mod server;
 mod socket;
+pub mod status;
 pub mod transport;
 pub mod whep;

@@ -1,12 +1,14 @@
 //! The inputs that concern every call at once: presses, registrations, lost sides and
 //! the shutdown.
 
-use super::{Action, Doorbell, FLUSH_LIMIT, HUNG_UP_AT_THE_DEVICE, Notify, SHUTTING_DOWN};
-use crate::call::{self, CallState};
+use super::{
+    Action, Doorbell, FLUSH_LIMIT, HUNG_UP_AT_THE_DEVICE, Lights, Notify, RequestId, SHUTTING_DOWN,
+};
+use crate::buttons::Button;
+use crate::call::{self, CallState, Role};
 use crate::control::Press;
 use crate::control::{ControlError, Reply};
-use crate::gpio::Levels;
-use crate::signalling::events::{Button, DeviceEvent, Side};
+use crate::signalling::events::{DeviceEvent, Side};
 use crate::signalling::protocol::Presence;
 use tracing::{info, warn};
 
@@ -46,6 +48,7 @@ impl Doorbell {
                     warn!(%why, "lost the phonebook; reconnecting");
                 }
                 self.registered = false;
+                self.forget_directory();
                 out.push(Action::Notify(Notify::Status(format!(
                     "phonebook unreachable ({why}); reconnecting"
                 ))));
@@ -67,21 +70,27 @@ impl Doorbell {
         }
     }
 
-    pub(super) fn press(&mut self, press: Press, out: &mut Vec<Action>) {
-        let button = Button::from(&press);
+    pub(super) fn press(
+        &mut self,
+        press: Press,
+        request: Option<RequestId>,
+        out: &mut Vec<Action>,
+    ) {
+        let button = press.button();
         let reply = match press {
             Press::Accept => match self.oldest_ringing() {
                 Some(id) => {
                     // The reply waits for the answer (Input::AnswerMade or the call's end).
-                    self.pending_accept = Some(id.clone());
+                    self.pending_accept = Some((id.clone(), request));
                     self.apply(&id, call::Input::Accept, out);
                     return;
                 }
                 None => Err(ControlError::NothingRinging),
             },
+            Press::Bell => return self.bell_pressed(request, out),
             Press::Decline(reason) => match self.oldest_ringing() {
                 Some(id) => {
-                    let caller = self.calls[&id].caller.clone();
+                    let caller = self.calls[&id].party.clone();
                     let reason = reason.unwrap_or_else(|| self.config.decline_reason.clone());
                     self.apply(&id, call::Input::Decline(reason.clone()), out);
                     Ok(format!("declined the call from {caller}: {reason}"))
@@ -95,6 +104,7 @@ impl Doorbell {
                 if ids.is_empty() {
                     Err(ControlError::NothingToHangUp)
                 } else {
+                    self.cancel_bell();
                     for id in &ids {
                         self.apply(id, call::Input::LocalHangup(reason.clone()), out);
                     }
@@ -102,13 +112,19 @@ impl Doorbell {
                 }
             }
         };
-        self.reply(reply, button, out);
+        self.reply(request, reply, button, out);
     }
 
     /// Replies to a press, and tells the viewers it was pressed when it did something.
-    pub(super) fn reply(&mut self, reply: Reply, button: Button, out: &mut Vec<Action>) {
+    pub(super) fn reply(
+        &mut self,
+        request: Option<RequestId>,
+        reply: Reply,
+        button: Button,
+        out: &mut Vec<Action>,
+    ) {
         let done = reply.is_ok();
-        out.push(Action::Reply(reply));
+        out.push(Action::Reply { request, reply });
         if done {
             self.broadcast(DeviceEvent::Button { button }, out);
         }
@@ -126,7 +142,9 @@ impl Doorbell {
             return "do not disturb is off".into();
         }
         let reason = self.config.rules.dnd_reason.clone();
-        for id in self.ids(|c| c.machine.state() == CallState::Ringing) {
+        for id in self
+            .ids(|c| c.machine.role() == Role::Callee && c.machine.state() == CallState::Ringing)
+        {
             self.apply(&id, call::Input::Decline(reason.clone()), out);
         }
         out.push(Action::Say(
@@ -142,19 +160,21 @@ impl Doorbell {
             self.calls.len()
         ))));
         self.broadcast(DeviceEvent::ShuttingDown, out);
-        let answered = self.ids(|c| c.answered);
+        let answered = self.ids(|c| c.ready);
         if !answered.is_empty() {
             out.push(Action::Flush {
                 calls: answered,
                 limit: FLUSH_LIMIT,
             });
         }
+        self.cancel_bell();
         for id in self.ids(|_| true) {
             self.apply(&id, call::Input::LocalHangup(SHUTTING_DOWN.into()), out);
         }
         self.ringing_since = None;
-        self.levels = Levels::default();
+        self.close_door();
+        self.lights = Lights::default();
         // Dark whatever the indicators showed, even if that was already nothing.
-        out.push(Action::Indicators(self.levels));
+        out.push(Action::Lights(self.lights));
     }
 }
