@@ -184,8 +184,9 @@ pub struct LoggedIndicators {
 
 impl super::Indicators for LoggedIndicators {
     fn set(&mut self, output: super::Output, on: bool) -> anyhow::Result<()> {
-        if self.levels.insert(output, on) != Some(on) {
-            if output == super::Output::Door {
+        let was = self.levels.insert(output, on);
+        if was != Some(on) {
+            if output == super::Output::Door && (on || was.is_some()) {
                 info!(on, "door output (simulated)");
             } else {
                 debug!(?output, on, "indicator");
