@@ -355,6 +355,10 @@ fn the_first_answer_wins_and_the_others_hear_who_answered() {
     let shown = lights(&actions).unwrap();
     assert!(shown.on_air_led && !shown.ring_led && !shown.buzzer);
 
+    // ada's page says it twice: her call goes on.
+    assert!(door.answers(ada).is_empty());
+    assert_eq!(door.state(ada), Some(CallState::Established));
+
     // A late answer from a page that was cancelled: its call is gone.
     let late = door.answers(ray);
     assert!(late.is_empty() || !late.iter().any(|a| matches!(a, Action::OpenTwoWay { .. })));

@@ -278,6 +278,10 @@ impl Doorbell {
         let Some(name) = self.bell.calls.get(&id).cloned() else {
             return;
         };
+        if self.bell.answered_call.as_deref() == Some(id.as_str()) {
+            // The winner's page said it twice: nothing more to do.
+            return;
+        }
         if self.bell.answered_call.is_some() || self.bell.status.state != BellState::Ringing {
             // Too late: someone else answered, or the press ended meanwhile.
             let reason = match &self.bell.status.by {
