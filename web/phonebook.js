@@ -5,6 +5,11 @@
 // ESTABLISHED (an incoming call starts at RINGING) and ends in ENDED, DECLINED or ERROR.
 // The phonebook only relays signalling: media and the `peercam` data channel flow peer to
 // peer, so an established call survives the WebSocket going away.
+//
+// Early media: a callee may answer the offer while it still rings (`call.preview()`; the
+// answer goes out in `ringing`), so the caller's picture plays before anyone picks up, while
+// nothing leaves this page until `accept()`. A camera's bell calls the household this way
+// (`call.isBell`), and such calls are previewed by themselves.
 
 const PROTOCOL_VERSION = 1;
 const MIN_BACKOFF_MS = 500;
@@ -66,12 +71,15 @@ export class Phonebook extends Emitter {
   /**
    * Connects to `url` (default: `/ws` on this page's host); `options.agent` names the client
    * in the server's logs, `options.token` is the user token or passphrase the phonebook asks for.
+   * `options.previewBells` (default true): a camera's bell call is previewed as soon as it
+   * arrives (see `Call.preview`); false leaves it to the incoming-call callback.
    */
   constructor(url = defaultUrl(), options = {}) {
     super();
     this.url = url;
     this.agent = options.agent ?? 'peercam-web/0.1';
     this.token = options.token || null;
+    this.previewBells = options.previewBells !== false;
     /** Who may call on this phonebook, from its welcome: 'open', 'passphrase' or 'users'. */
     this.auth = null;
     /** 'connecting' | 'open' | 'closed'; 'open' means the server answered `welcome`. */
@@ -127,7 +135,8 @@ export class Phonebook extends Emitter {
   /**
    * Makes this page reachable as `name`, shown to everyone with `meta` (a plain object).
    * Every incoming call for it is handed to `callback(call, metaData)` already RINGING;
-   * answer with `call.accept(localStream)` or `call.decline(reason)`. Resolves with the
+   * answer with `call.accept(localStream)` or `call.decline(reason)`; `call.preview()` (done
+   * already for a camera's bell, `call.isBell`) shows the caller's media first. Resolves with the
    * name once the phonebook confirms; rejects with an Error whose `code` is `name_taken`
    * or `invalid_name`. The name is registered again whenever the phonebook reconnects;
    * if that fails for good, a `registrationLost` event carries `(name, error)`. Calling it
@@ -363,6 +372,9 @@ export class Phonebook extends Emitter {
     const call = new Call(this, msg.callee, meta, null, { id: msg.call_id, sdp: msg.sdp });
     this._calls.set(call.id, call);
     call._ring();
+    // Started before the callback so that its `preview` handlers are in time, and so that
+    // the door's picture is there whatever the page does.
+    if (call.isBell && this.previewBells) call.preview().catch(() => {});
     try {
       reg.callback(call, meta);
     } catch (err) {
@@ -381,7 +393,10 @@ export class Phonebook extends Emitter {
  *
  * Events: `stateChange(state)`, `established(remoteStream)`, `declined(reason)`,
  * `ended(reason)`, `error(err)`, `dataopen()` once the `peercam` data channel opens and
- * `data(text)` for each message received on it.
+ * `data(text)` for each message received on it, and `preview(remoteStream)` when the other
+ * end's media comes before the call is accepted (an incoming call after `preview()`, an
+ * outgoing one whose callee answered early). A bell call rung off at the device ends with
+ * its reason: `answered by ada` (someone else answered first) or `missed`.
  */
 export class Call extends Emitter {
   constructor(phonebook, callee, metaData, localStream, incoming = null) {
@@ -400,6 +415,8 @@ export class Call extends Emitter {
     this.dataChannel = null;
     /** Whether `send()` can be used now. */
     this.dataChannelOpen = false;
+    /** Once over: why (the ENDED or DECLINED reason, or the error's message). */
+    this.endReason = null;
     this._phonebook = phonebook;
     this._localStream = localStream;
     this._offer = incoming?.sdp ?? null;
@@ -413,13 +430,60 @@ export class Call extends Emitter {
     this._remoteCandidates = [];
     this._remoteReady = false;
     this._draining = false;
+    // Incoming: the early answer being made (a Promise of the remote stream), once asked for.
+    this._preview = null;
+    // Outgoing: applying the callee's answer, which may come twice (`ringing`, `accepted`).
+    this._answerApplied = null;
+  }
+
+  /**
+   * Whether this is a camera's bell ringing this page: an incoming call whose caller says
+   * `kind: "bell"` and whose `device` name the phonebook vouches for.
+   */
+  get isBell() {
+    return this.isIncoming && this.metaData.kind === 'bell' && this.device !== null;
+  }
+
+  /**
+   * For an incoming call: the name the calling connection holds in the phonebook (a camera
+   * ringing its household; the phonebook sets it, the caller cannot), else null.
+   */
+  get device() {
+    const device = this.isIncoming ? this.metaData.device : undefined;
+    return typeof device === 'string' && device ? device : null;
+  }
+
+  /**
+   * Answers an incoming RINGING call's offer at once, without accepting it: the answer goes
+   * to the caller in `ringing`, and the caller's media plays here while it rings (resolves
+   * with the remote stream; the `preview` event carries it too). Every media section this
+   * page may send on is answered send-and-receive but given no track, so nothing leaves
+   * this page until `accept(localStream)` puts its tracks on (no renegotiation: a track
+   * goes only where the offer had room for one). Asking again returns the same Promise.
+   * Bell calls are previewed by themselves (unless the Phonebook's `previewBells` is false).
+   */
+  preview() {
+    if (!this.isIncoming) throw new Error('only an incoming call can be previewed');
+    if (this._preview) return this._preview;
+    if (this._answering || this.state !== 'RINGING') {
+      throw new Error(`cannot preview a call that is ${this._answering ? 'being accepted' : this.state}`);
+    }
+    this._preview = this._answerEarly();
+    return this._preview;
+  }
+
+  /** Whether `preview()` was asked for: the call's media may play while it rings. */
+  get previewing() {
+    return this._preview !== null;
   }
 
   /**
    * Answers an incoming RINGING call, sending `localStream`'s tracks where the caller's
-   * offer has room for them. Throws at once if the call cannot be accepted (not incoming,
-   * declined, ended, already accepted). Returns a Promise that settles once the answer is
-   * out; a failure after that point ends the call in ERROR with an `error` event.
+   * offer has room for them (a previewed call: where its early answer has). Throws at once
+   * if the call cannot be accepted (not incoming, declined, ended, already accepted).
+   * Returns a Promise that settles once the answer is out; a failure after that point ends
+   * the call in ERROR with an `error` event (a call the caller gave up on meanwhile: code
+   * `unknown_call`, or ENDED with the caller's reason).
    */
   accept(localStream = null) {
     if (!this.isIncoming) throw new Error('only an incoming call can be accepted');
@@ -448,6 +512,15 @@ export class Call extends Emitter {
     const reason = this.isIncoming ? 'callee hung up' : 'caller hung up';
     this._sendToPeer({ type: 'hangup', call_id: this.id, reason });
     this._finish('ENDED', 'ended', reason);
+  }
+
+  /**
+   * Asks the camera to open its door (`{"request":"open_door"}` on the data channel); only
+   * whoever answered its bell may, and the answer comes back as a `door` event in `data`.
+   * Throws like `send()` when the channel is not open.
+   */
+  openDoor() {
+    this.send(JSON.stringify({ request: 'open_door' }));
   }
 
   /** Sends a text message on the call's `peercam` data channel; throws if it is not open. */
@@ -541,36 +614,91 @@ export class Call extends Emitter {
     }
   }
 
-  /** An incoming call starts ringing: tell the caller at once. */
+  /** An incoming call starts ringing: the caller is told at once, with the answer if previewed. */
   _ring() {
     this._setState('RINGING');
-    this._sendToPeer({ type: 'ringing', call_id: this.id });
+    // After the incoming-call callback: a preview it asks for sends the one `ringing`,
+    // carrying the early answer.
+    queueMicrotask(() => {
+      if (!this._preview && this.state === 'RINGING') this._sendToPeer({ type: 'ringing', call_id: this.id });
+    });
+  }
+
+  /** Makes the peer connection and applies the caller's offer; null if the call ended meanwhile. */
+  async _applyOffer() {
+    const pc = this._createPeerConnection();
+    await pc.setRemoteDescription({ type: 'offer', sdp: this._offer });
+    if (TERMINAL.has(this.state)) return null;
+    this._remoteReady = true;
+    this._drainRemoteCandidates();
+    return pc;
+  }
+
+  async _answerEarly() {
+    try {
+      const pc = await this._applyOffer();
+      if (!pc) throw new Error(`the call is ${this.state.toLowerCase()}`);
+      // Send-and-receive without a track sends nothing; it leaves room for accept()'s
+      // tracks. A section the caller only sends on is answered receive-only whatever we say.
+      for (const transceiver of pc.getTransceivers()) {
+        if (transceiver.stopped || transceiver.currentDirection === 'stopped') continue;
+        transceiver.direction = 'sendrecv';
+      }
+      await pc.setLocalDescription(await pc.createAnswer());
+      if (TERMINAL.has(this.state)) throw new Error(`the call is ${this.state.toLowerCase()}`);
+      if (!this._sendToPeer({ type: 'ringing', call_id: this.id, sdp: pc.localDescription.sdp })) {
+        this._finish('ENDED', 'ended', 'phonebook connection lost');
+        throw new Error('phonebook connection lost');
+      }
+      this._emit('preview', this.remoteStream);
+      return this.remoteStream;
+    } catch (err) {
+      this._fail(err);
+      throw err;
+    }
+  }
+
+  /**
+   * Puts the local stream's tracks on the transceivers that may send, one per transceiver
+   * of its kind. Before the answer is made, a transceiver is turned to send for its track;
+   * once made (a previewed call), only those it negotiated as sending take one.
+   */
+  async _attachLocalTracks(pc, negotiated) {
+    const unused = [...(this._localStream?.getTracks() ?? [])];
+    for (const transceiver of pc.getTransceivers()) {
+      if (transceiver.stopped || transceiver.currentDirection === 'stopped') continue;
+      if (negotiated && !['sendrecv', 'sendonly'].includes(transceiver.currentDirection)) continue;
+      const index = unused.findIndex(t => t.kind === transceiver.receiver.track.kind);
+      if (index < 0) continue;
+      const [track] = unused.splice(index, 1);
+      if (!negotiated) transceiver.direction = 'sendrecv';
+      await transceiver.sender.replaceTrack(track);
+      // New stream ids would need another offer and answer; the other end takes the
+      // track under the id the early answer gave.
+      if (!negotiated) transceiver.sender.setStreams?.(this._localStream);
+    }
+    if (unused.length) console.info(`peercam: the caller's offer has no room for our ${unused.map(t => t.kind).join(', ')}`);
   }
 
   async _answer() {
     try {
-      const pc = this._createPeerConnection();
-      await pc.setRemoteDescription({ type: 'offer', sdp: this._offer });
-      if (TERMINAL.has(this.state)) return;
-      this._remoteReady = true;
-      this._drainRemoteCandidates();
-
-      // Send on the m-lines the offer made (the transceivers it created), one local track
-      // per m-line of its kind; m-lines we have nothing for stay receive-only.
-      const unused = [...(this._localStream?.getTracks() ?? [])];
-      for (const transceiver of pc.getTransceivers()) {
-        if (transceiver.stopped || transceiver.currentDirection === 'stopped') continue;
-        const index = unused.findIndex(t => t.kind === transceiver.receiver.track.kind);
-        if (index < 0) continue;
-        const [track] = unused.splice(index, 1);
-        transceiver.direction = 'sendrecv';
-        await transceiver.sender.replaceTrack(track);
-        transceiver.sender.setStreams?.(this._localStream);
+      let pc;
+      if (this._preview) {
+        // A preview that failed has ended the call already.
+        try { await this._preview; } catch { return; }
+        if (TERMINAL.has(this.state)) return;
+        pc = this.peerConnection;
+        await this._attachLocalTracks(pc, true);
+      } else {
+        pc = await this._applyOffer();
+        if (!pc) return;
+        // Send on the m-lines the offer made (the transceivers it created), one local
+        // track per m-line of its kind; m-lines we have nothing for stay receive-only.
+        await this._attachLocalTracks(pc, false);
+        await pc.setLocalDescription(await pc.createAnswer());
       }
-      if (unused.length) console.info(`peercam: the caller's offer has no room for our ${unused.map(t => t.kind).join(', ')}`);
-
-      await pc.setLocalDescription(await pc.createAnswer());
       if (TERMINAL.has(this.state)) return;
+      // A previewed call's accept carries the early answer again: the caller applies one.
       if (!this._sendToPeer({ type: 'accept', call_id: this.id, sdp: pc.localDescription.sdp })) {
         return this._finish('ENDED', 'ended', 'phonebook connection lost');
       }
@@ -607,15 +735,19 @@ export class Call extends Emitter {
     try {
       switch (msg.type) {
         case 'ringing':
-          if (!this.isIncoming && this.state === 'CONNECTING') this._setState('RINGING');
+          if (this.isIncoming) return;
+          if (this.state === 'CONNECTING') this._setState('RINGING');
+          // Early media: the callee answered while it rings.
+          if (typeof msg.sdp === 'string' && this.state === 'RINGING' && !this._answerApplied) {
+            await this._applyAnswer(msg.sdp);
+            if (this.state === 'RINGING') this._emit('preview', this.remoteStream);
+          }
           return;
         case 'accepted': {
           if (this.isIncoming || (this.state !== 'CONNECTING' && this.state !== 'RINGING')) return;
-          await this.peerConnection.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+          await this._applyAnswer(msg.sdp);
           if (TERMINAL.has(this.state)) return;
           this._setState('ACCEPTED');
-          this._remoteReady = true;
-          this._drainRemoteCandidates();
           return this._maybeEstablished();
         }
         case 'candidate':
@@ -635,6 +767,18 @@ export class Call extends Emitter {
     } catch (err) {
       this._fail(err);
     }
+  }
+
+  /**
+   * Applies the callee's answer once: an early one from `ringing`, and `accepted` repeats
+   * it (applying it again would fail, the connection being stable by then).
+   */
+  _applyAnswer(sdp) {
+    this._answerApplied ??= this.peerConnection.setRemoteDescription({ type: 'answer', sdp }).then(() => {
+      this._remoteReady = true;
+      this._drainRemoteCandidates();
+    });
+    return this._answerApplied;
   }
 
   /** Adds the waiting remote candidates one at a time, in the order they came. */
@@ -688,6 +832,7 @@ export class Call extends Emitter {
     if (TERMINAL.has(this.state)) return;
     this.peerConnection?.close();
     this.dataChannelOpen = false;
+    this.endReason = detail instanceof Error ? detail.message : String(detail ?? '');
     this._phonebook._calls.delete(this.id);
     this._setState(state);
     this._emit(event, detail);
