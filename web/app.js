@@ -1,5 +1,6 @@
 // The phonebook page: lists cameras and people, calls one, shows its video; goes online
-// to be called by others; chats over the call's data channel.
+// to be called by others (and rung by a camera's bell: the door's picture while it rings,
+// answer, open the door); chats over the call's data channel.
 import { Phonebook } from './phonebook.js';
 import { describeStats, watchCall } from './stats.js';
 
@@ -15,6 +16,7 @@ const DND_REASON = 'Do not disturb';
 const MAX_MESSAGES = 200;
 const BUTTON_TEXT = { accept: 'Accept', decline: 'Decline', hangup: 'Hang up', dnd: 'Do not disturb' };
 const IDLE_HINT = 'Going online turns on your camera and microphone so you can answer calls.';
+const BELL_STATE_TEXT = { ringing: 'bell ringing', missed: 'bell missed', cancelled: 'bell cancelled' };
 
 const $ = id => document.getElementById(id);
 const ui = {
@@ -28,7 +30,11 @@ const ui = {
   dnd: $('dnd'),
   list: $('callees'),
   incoming: $('incoming'),
+  incomingTitle: $('incoming-title'),
   incomingCaller: $('incoming-caller'),
+  incomingWhat: $('incoming-what'),
+  doorScreen: $('door-screen'),
+  doorVideo: $('door-video'),
   accept: $('accept'),
   decline: $('decline'),
   panel: $('call-panel'),
@@ -37,6 +43,7 @@ const ui = {
   video: $('remote'),
   local: $('local'),
   hangup: $('hangup'),
+  openDoor: $('open-door'),
   sound: $('sound'),
   dismiss: $('dismiss'),
   messages: $('messages'),
@@ -154,11 +161,22 @@ function renderCallees() {
     badge.dataset.presence = callee.presence;
     badge.textContent = PRESENCE_TEXT[callee.presence] ?? callee.presence;
     li.querySelector('.callee-meta').textContent = describe(callee.meta ?? {});
+    renderBellState(li.querySelector('.bell-state'), callee.meta?.bell);
     // A callee on do not disturb can still be called: it declines with its own reason.
     li.querySelector('button.call').disabled = !canCall || own;
     ui.list.append(li); // appending an existing node moves it: keeps the sort order
   }
   for (const li of existing.values()) li.remove();
+}
+
+/** A camera's bell as its registration tells it (`meta.bell`): ringing, answered by whom, missed. */
+function renderBellState(el, bell) {
+  const state = typeof bell?.state === 'string' ? bell.state : '';
+  const by = typeof bell?.by === 'string' ? bell.by : '';
+  const text = state === 'answered' ? (by ? `answered by ${by}` : 'bell answered') : BELL_STATE_TEXT[state];
+  el.hidden = !text;
+  el.textContent = text ?? '';
+  el.dataset.bell = text ? state : '';
 }
 
 function createEntry(name) {
@@ -167,7 +185,7 @@ function createEntry(name) {
   li.dataset.callee = name;
   li.innerHTML = `
     <div class="callee-info">
-      <div class="callee-name"><span class="name"></span><span class="you-tag" hidden>(you)</span><span class="badge"></span></div>
+      <div class="callee-name"><span class="name"></span><span class="you-tag" hidden>(you)</span><span class="badge"></span><span class="bell-state" hidden></span></div>
       <div class="callee-meta"></div>
     </div>
     <button type="button" class="call">Call</button>`;
@@ -220,22 +238,41 @@ function reachableMeta() {
   return { kind: 'browser', callerName: ui.name.value.trim() || online?.name || ui.reachableName.value.trim() };
 }
 
-function onIncomingCall(incoming, meta) {
+function onIncomingCall(incoming) {
   if (isLive(call) || ringing) return declineQuietly(incoming, BUSY_REASON);
   if (ui.dnd.checked) return declineQuietly(incoming, DND_REASON);
   ringing = incoming;
   // The current call, for the tests and the console, whichever way it goes.
   window.peercamCall = incoming;
-  const caller = callerNameOf(meta);
+  const bell = incoming.isBell;
+  const caller = peerNameOf(incoming);
+  ui.incoming.dataset.kind = bell ? 'bell' : 'call';
+  ui.incomingTitle.textContent = bell ? 'Doorbell' : 'Incoming call';
   ui.incomingCaller.textContent = caller;
+  ui.incomingWhat.textContent = bell ? 'is ringing: someone is at the door' : 'is calling you';
+  ui.accept.textContent = bell ? 'Answer' : 'Accept';
+  ui.doorScreen.hidden = !bell;
+  if (bell) {
+    // phonebook.js answers a bell's offer at once: the door plays here while it rings,
+    // and nothing of ours goes to the door before Answer.
+    incoming.on('preview', stream => {
+      if (ringing !== incoming) return;
+      ui.doorVideo.srcObject = stream;
+      ui.doorVideo.play().catch(() => {});
+    });
+  }
   ui.incoming.hidden = false;
-  document.title = `${caller} is calling · peercam`;
+  document.title = bell ? `${caller} is ringing · peercam` : `${caller} is calling · peercam`;
   ui.accept.focus({ preventScroll: true });
-  // The caller gave up, or the phonebook went away, before anyone answered.
-  const gone = () => {
+  ringTone.start();
+  notifyRinging();
+  // The caller gave up, the phonebook went away, or (a bell) someone else answered or
+  // nobody did, before anyone answered here.
+  const gone = detail => {
     if (ringing !== incoming) return;
     closePrompt();
-    setReachableStatus(`Missed call from ${caller}`);
+    if (bell) showBellOutcome(incoming, detail);
+    else setReachableStatus(`Missed call from ${caller}`);
   };
   incoming.on('ended', gone);
   incoming.on('error', gone);
@@ -254,21 +291,43 @@ function callerNameOf(meta) {
 function closePrompt() {
   ringing = null;
   ui.incoming.hidden = true;
+  ui.doorVideo.srcObject = null;
+  ringTone.stop();
+  closeNotice();
   document.title = 'peercam';
   renderCallees();
 }
 
-ui.accept.addEventListener('click', () => {
+ui.accept.addEventListener('click', async () => {
   const incoming = ringing;
   if (!incoming) return;
   closePrompt();
-  const stream = online?.stream ?? null;
+  let stream = online?.stream ?? null;
+  let borrowed = false;
+  if (incoming.isBell) {
+    // The door hears us but does not see us (its offer asks for no picture): lend the
+    // microphone alone, so our own picture does not show as if it were sent.
+    const microphone = stream?.getAudioTracks() ?? [];
+    if (microphone.length) {
+      stream = new MediaStream(microphone);
+    } else {
+      stream = await microphoneOnly();
+      borrowed = stream !== null;
+    }
+  }
+  if (borrowed) {
+    const release = () => stream.getTracks().forEach(track => track.stop());
+    for (const event of ['declined', 'ended', 'error']) incoming.on(event, release);
+    if (TERMINAL.has(incoming.state)) release();
+  }
   try {
     const answered = incoming.accept(stream);
     showCall(incoming, stream);
     answered.catch(() => {}); // failures arrive as the call's 'error' event
   } catch (err) {
-    setReachableStatus(`Could not answer: ${err.message}`, 'error');
+    // It ended while the microphone was being asked for.
+    if (incoming.isBell && TERMINAL.has(incoming.state)) showBellOutcome(incoming, incoming.endReason ?? '');
+    else setReachableStatus(`Could not answer: ${err.message}`, 'error');
   }
 });
 
@@ -279,11 +338,155 @@ ui.decline.addEventListener('click', () => {
   declineQuietly(incoming, DECLINE_REASON);
 });
 
+/**
+ * A bell that stopped ringing here without being answered here: someone else answered,
+ * nobody did, or the door hung up. Shown in the call panel until closed, like the end of
+ * any call.
+ */
+function showBellOutcome(bellCall, reason) {
+  if (isLive(call)) return;
+  stopStats?.();
+  stopStats = null;
+  call = bellCall;
+  ui.messages.replaceChildren();
+  ui.heading.textContent = headingOf(bellCall);
+  ui.panel.dataset.picture = '';
+  ui.panel.hidden = false;
+  showState(bellCall.state, reason instanceof Error ? errorText(bellCall, reason) : String(reason ?? ''));
+  const at = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  setReachableStatus(`${peerNameOf(bellCall)} rang at ${at}: ${ui.state.textContent}`);
+}
+
+// ---- Ringing: the tone and the notification ---------------------------------------------
+
+/**
+ * Two short tones every two seconds while a call or the bell rings, made with WebAudio (no
+ * sound file to embed). A browser that blocks sound until the page is touched keeps the
+ * context suspended: the tone is then skipped, never an error. Going online is a touch,
+ * and unlocks it for later rings.
+ */
+const ringTone = {
+  context: null,
+  timer: null,
+  /** How many times it sounded, for the tests. */
+  beeps: 0,
+  get ringing() { return this.timer !== null; },
+  unlock() {
+    this._context()?.resume().catch(() => {});
+  },
+  start() {
+    if (this.timer !== null) return;
+    this.timer = setInterval(() => this._ring(), 2000);
+    this._ring();
+  },
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+  },
+  _context() {
+    if (this.context) return this.context;
+    const Context = window.AudioContext ?? window.webkitAudioContext;
+    if (!Context) return null;
+    try { this.context = new Context(); } catch { return null; }
+    return this.context;
+  },
+  _ring() {
+    const context = this._context();
+    if (!context) return;
+    if (context.state !== 'running') {
+      // Tones queued on a suspended context would all sound at once when it resumes.
+      context.resume().catch(() => {});
+      return;
+    }
+    try {
+      const start = context.currentTime;
+      for (const [offset, frequency] of [[0, 880], [0.45, 660]]) {
+        const oscillator = context.createOscillator();
+        const gain = context.createGain();
+        oscillator.frequency.value = frequency;
+        const t = start + offset;
+        gain.gain.setValueAtTime(0, t);
+        gain.gain.linearRampToValueAtTime(0.2, t + 0.02);
+        gain.gain.setValueAtTime(0.2, t + 0.33);
+        gain.gain.linearRampToValueAtTime(0, t + 0.36);
+        oscillator.connect(gain).connect(context.destination);
+        oscillator.start(t);
+        oscillator.stop(t + 0.37);
+      }
+      this.beeps++;
+    } catch {}
+  },
+};
+window.peercamRingTone = ringTone;
+
+/** The system notification of what rings here, shown while the tab is hidden. */
+let ringNotice = null;
+
+function notifyRinging() {
+  if (!ringing || ringNotice || document.visibilityState !== 'hidden') return;
+  if (typeof Notification !== 'function' || Notification.permission !== 'granted') return;
+  const who = peerNameOf(ringing);
+  const [title, body] = ringing.isBell
+    ? [`${who}: someone is at the door`, 'Open the page to see who it is and answer.']
+    : [`${who} is calling you`, 'Open the page to answer.'];
+  try {
+    const notice = new Notification(title, { body, tag: `peercam-${ringing.id}`, requireInteraction: true });
+    notice.onclick = () => {
+      window.focus();
+      notice.close();
+    };
+    ringNotice = notice;
+  } catch {
+    // Chrome on Android shows notifications only through a service worker: the tone and
+    // the page's title are all there is then.
+  }
+}
+
+function closeNotice() {
+  ringNotice?.close();
+  ringNotice = null;
+}
+
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'hidden') notifyRinging();
+  else closeNotice();
+});
+
+/** Asked on Go online, a click: browsers ask people for permission only from one. */
+function askForNotifications() {
+  if (typeof Notification !== 'function' || Notification.permission !== 'default') return;
+  try {
+    Notification.requestPermission()?.catch?.(() => {});
+  } catch {}
+}
+
 // ---- The call panel ---------------------------------------------------------------------
 
 /** Who is at the other end, as shown in the panel and the message log. */
 function peerNameOf(c) {
+  if (c.isBell) return c.device;
   return c.isIncoming ? callerNameOf(c.metaData) : c.callee;
+}
+
+function headingOf(c) {
+  return c.isBell ? `Doorbell · ${c.device}` : peerNameOf(c);
+}
+
+/** How a call's end reads: a bell rung off at the door says who answered, or that nobody did. */
+function endText(c, reason) {
+  if (c?.isBell) {
+    const answered = /^answered by (.+)$/.exec(reason);
+    if (answered) return `Answered by ${answered[1]}`;
+    if (reason === 'missed') return 'Missed: nobody answered';
+  }
+  return `Ended: ${reason}`;
+}
+
+function errorText(c, err) {
+  // An answer that came after the call was gone: answered elsewhere, missed or hung up.
+  if (err?.code === 'unknown_call' && c?.isBell) return 'Too late: the bell was answered elsewhere or is over';
+  if (err?.code === 'unknown_call') return 'Too late: the caller is gone';
+  return err?.message ?? String(err);
 }
 
 function showCall(newCall, localStream) {
@@ -294,7 +497,7 @@ function showCall(newCall, localStream) {
 
   ui.messages.replaceChildren();
   ui.messageInput.value = '';
-  ui.heading.textContent = peerNameOf(call);
+  ui.heading.textContent = headingOf(call);
   ui.panel.dataset.picture = '';
   const showLocal = Boolean(localStream?.getVideoTracks().length);
   ui.local.srcObject = showLocal ? localStream : null;
@@ -323,7 +526,7 @@ function showCall(newCall, localStream) {
   }));
   call.on('declined', current(reason => showState('DECLINED', reason)));
   call.on('ended', current(reason => showState('ENDED', reason)));
-  call.on('error', current(err => showState('ERROR', err.message)));
+  call.on('error', current(err => showState('ERROR', errorText(thisCall, err))));
   call.on('dataopen', current(renderChat));
   call.on('data', current(text => receive(thisCall, text)));
 
@@ -342,16 +545,17 @@ function showState(state, detail = '') {
     ACCEPTED: call?.isIncoming ? 'Connecting…' : 'Accepted, connecting…',
     ESTABLISHED: 'Connected',
     DECLINED: `Declined: ${detail}`,
-    ENDED: `Ended: ${detail}`,
-    ERROR: `Error: ${detail}`,
+    ENDED: endText(call, detail),
+    ERROR: call?.isBell && detail.startsWith('Too late') ? detail : `Error: ${detail}`,
   }[state] ?? state;
   ui.state.textContent = text;
   ui.state.dataset.state = state;
 
   const over = TERMINAL.has(state);
   // The focused Hang up button is about to vanish; keep keyboard users in the panel.
-  const refocus = over && document.activeElement === ui.hangup;
+  const refocus = over && [ui.hangup, ui.openDoor].includes(document.activeElement);
   ui.hangup.hidden = over;
+  ui.openDoor.hidden = over || !(call?.isBell && call.metaData.door === true);
   ui.dismiss.hidden = !over;
   if (refocus) ui.dismiss.focus();
   if (over) {
@@ -376,6 +580,15 @@ function setMuted(muted) {
 }
 
 ui.hangup.addEventListener('click', () => call?.end());
+ui.openDoor.addEventListener('click', () => {
+  if (!call) return;
+  try {
+    call.openDoor();
+    addMessage('You asked to open the door', 'me');
+  } catch (err) {
+    addMessage(`Not sent: ${err.message}`, 'error');
+  }
+});
 ui.statsToggle.addEventListener('click', () => {
   ui.stats.hidden = !ui.stats.hidden;
   ui.statsToggle.setAttribute('aria-pressed', String(!ui.stats.hidden));
@@ -397,6 +610,7 @@ function renderChat() {
   const usable = isLive(call) && call.dataChannelOpen;
   ui.messageInput.disabled = !usable;
   ui.messageSend.disabled = !usable;
+  ui.openDoor.disabled = !usable;
 }
 
 function addMessage(text, kind) {
@@ -445,6 +659,37 @@ function describeEvent(event, peer) {
     }
     case 'shutting_down':
       return { text: 'Camera is shutting down', kind: 'event' };
+    case 'bell':
+      return describeBell(event, peer);
+    case 'door': {
+      if (event.open === true) {
+        const by = typeof event.by === 'string' && event.by ? event.by : 'someone';
+        const secs = Number.isFinite(event.secs) ? ` for ${event.secs} s` : '';
+        return { text: `Door opened by ${by}${secs}`, kind: 'event' };
+      }
+      const reason = typeof event.reason === 'string' && event.reason ? `: ${event.reason}` : '';
+      return { text: `Door not opened${reason}`, kind: 'error' };
+    }
+    default:
+      return null;
+  }
+}
+
+function describeBell(event, peer) {
+  const names = list => (Array.isArray(list) ? list.filter(n => typeof n === 'string') : []);
+  switch (event.state) {
+    case 'ringing': {
+      const rung = names(event.ringing);
+      return { text: `The bell at ${peer} rings${rung.length ? ` ${rung.join(', ')}` : ''}`, kind: 'event' };
+    }
+    case 'answered': {
+      const by = typeof event.by === 'string' && event.by ? event.by : 'someone';
+      return { text: by === online?.name ? 'You answered the bell' : `${by} answered the bell`, kind: 'event' };
+    }
+    case 'missed':
+      return { text: `Nobody answered the bell at ${peer}`, kind: 'event' };
+    case 'cancelled':
+      return { text: `The bell at ${peer} was hung up`, kind: 'event' };
     default:
       return null;
   }
@@ -572,9 +817,15 @@ function releaseStreamIfUnused() {
   }
 }
 
-ui.goOnline.addEventListener('click', () => (online ? goOffline() : goOnline()));
+/** Goes online from a click or a key: the moment browsers let a page ask and sound. */
+function goOnlineNow() {
+  askForNotifications();
+  ringTone.unlock();
+  goOnline();
+}
+ui.goOnline.addEventListener('click', () => (online ? goOffline() : goOnlineNow()));
 ui.reachableName.addEventListener('keydown', event => {
-  if (event.key === 'Enter' && !online && !goingOnline) goOnline();
+  if (event.key === 'Enter' && !online && !goingOnline) goOnlineNow();
 });
 ui.dnd.addEventListener('change', () => {
   if (!online) return;
