@@ -20,6 +20,7 @@ mod clock;
 mod engine;
 mod offer;
 mod peer;
+mod plan;
 pub mod receive;
 mod writer;
 
@@ -27,4 +28,4 @@ pub use caller::{CallOptions, Caller, CallerEvent};
 pub use clock::RtpClock;
 pub use engine::{MediaCaps, RtcEngine};
 pub use offer::{OfferSummary, check_offer};
-pub use peer::{CallPeer, Feeds, PeerEvent};
+pub use peer::{CallPeer, DATA_CHANNEL_LABEL, Feeds, MAX_TEXT_BYTES, PeerEvent};
