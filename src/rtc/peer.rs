@@ -17,6 +17,7 @@ use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
@@ -91,6 +92,9 @@ pub struct CallPeer {
 struct Remote {
     /// Its description is applied: candidates can be added.
     described: bool,
+    /// Why an answer failed after webrtc-rs had begun to apply it, which it cannot undo:
+    /// no other answer can follow.
+    spoiled: Option<String>,
     /// Candidates that came before its answer, added once it is applied.
     early: Vec<IceCandidate>,
 }
@@ -198,6 +202,7 @@ impl CallPeer {
             two_way: watch::channel(!plan.gated).0,
             remote: tokio::sync::Mutex::new(Remote {
                 described: matches!(role, Role::Answer(_)),
+                spoiled: None,
                 early: Vec::new(),
             }),
             tasks: Mutex::default(),
@@ -338,17 +343,24 @@ impl CallPeer {
 
     /// Completes an offered call with the other end's SDP answer. Once one is applied,
     /// another (the same answer sent again when the call is accepted) changes nothing.
+    /// An answer that is not SDP changes nothing either; one that is, but cannot be used,
+    /// leaves a connection that takes no other (webrtc-rs cannot undo what it began).
     pub async fn apply_answer(&self, sdp: &str) -> anyhow::Result<()> {
         let mut remote = self.remote.lock().await;
         if remote.described {
             return Ok(());
         }
+        if let Some(why) = &remote.spoiled {
+            bail!("an earlier answer could not be used ({why}), and no other can follow it");
+        }
         let answer = RTCSessionDescription::answer(sdp.to_owned())
             .map_err(|err| anyhow!("the answer is not valid SDP: {err}"))?;
-        self.pc
-            .set_remote_description(answer)
-            .await
-            .map_err(|err| anyhow!("the answer cannot be used: {err}"))?;
+        if let Err(err) = self.pc.set_remote_description(answer).await {
+            if self.pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
+                remote.spoiled = Some(err.to_string());
+            }
+            bail!("the answer cannot be used: {err}");
+        }
         remote.described = true;
         for candidate in std::mem::take(&mut remote.early) {
             if let Err(err) = self.add_described_candidate(candidate).await {
@@ -514,3 +526,6 @@ fn microphone(feed: &Feed) -> Option<Subscription> {
         .map_err(|err| warn!("the call goes on without the microphone: {err:#}"))
         .ok()
 }
+
+#[cfg(test)]
+mod tests;
