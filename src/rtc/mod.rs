@@ -12,8 +12,9 @@
 //! refused, and each media section of an offer negotiates its own codecs.
 //!
 //! The choice of crate stays inside this module: the rest of peercam sees [`RtcEngine`],
-//! [`CallPeer`], [`PeerEvent`], the browser-less [`Caller`] and what [`receive`] counts
-//! of a received track.
+//! [`CallPeer`] (the answer to a caller's offer, or the device's own offer), [`PeerEvent`],
+//! the browser-less [`Caller`] (on the same offerer) and what [`receive`] counts of a
+//! received track.
 
 mod caller;
 mod clock;
