@@ -21,7 +21,8 @@ use crate::signalling::protocol::IceCandidate;
 /// Where a connection's events go.
 pub(super) type Emit = Arc<dyn Fn(PeerEvent) + Send + Sync>;
 
-/// The open `peercam` data channel, once there is one.
+/// The `peercam` data channel, once there is one (the core sends on it only after
+/// [`PeerEvent::DataOpen`]).
 pub(super) type ChannelSlot = Arc<Mutex<Option<Arc<RTCDataChannel>>>>;
 
 /// The speaker playing the other end's sound, once it plays.
@@ -86,14 +87,26 @@ pub(super) fn accept_channels(pc: &RTCPeerConnection, emit: Emit, slot: ChannelS
 /// to [`MAX_TEXT_BYTES`] a message), and its closing.
 pub(super) fn serve_channel(channel: &Arc<RTCDataChannel>, emit: Emit, slot: ChannelSlot) {
     report_closing(channel, emit.clone());
-    let opened = channel.clone();
-    let open_emit = emit.clone();
+    // webrtc-rs runs the open handler on a task of its own, so the other end's first
+    // message can be handed over before it: whichever comes first reports the opening,
+    // once, and the channel is in the slot by then for the reply.
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
+    let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let report_open = {
+        let emit = emit.clone();
+        move || {
+            if !reported.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                emit(PeerEvent::DataOpen);
+            }
+        }
+    };
+    let on_open = report_open.clone();
     channel.on_open(Box::new(move || {
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
-        open_emit(PeerEvent::DataOpen);
+        on_open();
         Box::pin(async {})
     }));
     channel.on_message(Box::new(move |msg: DataChannelMessage| {
+        report_open();
         if msg.data.len() > MAX_TEXT_BYTES {
             warn!(
                 bytes = msg.data.len(),
