@@ -21,9 +21,11 @@
 //! ([`signalling`]), spoken over our versioned JSON protocol (`docs/protocol.md`) by one
 //! client ([`signalling::connection`]) over a WebSocket or an in-process channel
 //! ([`signalling::transport`], [`signalling::local`]), or a PeerJS server; the events
-//! viewers get on the data channel and the status are [`signalling::events`]. Presses
-//! come from [`gpio`] backends, the terminal and the control socket, all as one
-//! [`control::Control`]; [`config`] merges the board profile, the site config and the
+//! viewers get on the data channel are [`signalling::events`], the status
+//! [`signalling::status`]. The device also calls out: its bell rings the household
+//! through the phonebook with calls it places ([`call::Role`]). Presses come from [`gpio`]
+//! backends, the terminal and the control socket, all as one [`control::Control`], and
+//! every button is one row of [`buttons::BUTTONS`]; [`config`] merges the board profile, the site config and the
 //! command line (each module owns its settings type); [`cli`] holds what the looking
 //! commands print; [`app`] wires it all. No module depends on one that depends on it
 //! (`tests/layering.rs` checks).

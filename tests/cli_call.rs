@@ -78,3 +78,63 @@ fn a_declined_call_reports_the_reason_and_fails() {
     assert_eq!(report["reason"], "Not today");
     assert!(report["video"].is_null());
 }
+
+/// `peercam call` with the log filter a user gets (no `RUST_LOG`): its report is all it
+/// prints, with nothing above info in its log, whether it hangs up itself after watching
+/// or the device hangs up first.
+#[test]
+fn a_call_ended_by_either_end_logs_nothing_above_info() {
+    let daemon = Daemon::start("stoop", &["--answer", "auto"]);
+    let quiet = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_peercam"));
+        command
+            .args(["call", "stoop", "--phonebook", &daemon.ws, "--json"])
+            .args([
+                "--set",
+                "ice.loopback=true",
+                "--set",
+                "ice.interfaces=[\"lo\"]",
+            ])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.spawn().expect("peercam call starts")
+    };
+    let check = |out: &Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warnings = common::warnings(&stderr);
+        assert!(warnings.is_empty(), "{}", warnings.join("\n"));
+    };
+
+    let out = quiet(&["--seconds", "2"]).wait_with_output().unwrap();
+    assert_eq!(report(&out)["outcome"], "watched");
+    check(&out);
+    daemon.wait_until(Duration::from_secs(10), |s| {
+        s["calls"] == serde_json::json!([])
+    });
+
+    let mut child = quiet(&["--seconds", "30"]);
+    daemon.wait_until(Duration::from_secs(10), |s| s["viewers"] == 1);
+    // Watched for a moment: the media flows both ways when the device closes.
+    std::thread::sleep(Duration::from_millis(500));
+    let hung_up = std::time::Instant::now();
+    daemon.control("hangup").unwrap();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            hung_up.elapsed() < Duration::from_secs(10),
+            "peercam call went on after the device hung up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let report = report(&out);
+    assert_eq!(report["outcome"], "ended", "{report:#}");
+    assert_eq!(report["reason"], "hung up at the device", "{report:#}");
+    assert!(
+        report["video"]["pictures"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    check(&out);
+}

@@ -258,3 +258,51 @@ async fn hanging_up_while_it_rings_stops_the_ringing() {
         assert_eq!(daemon.control("accept"), Err("no call is ringing".into()));
     });
 }
+
+/// With the log filter a user gets (no `RUST_LOG`), a call that is answered, watched and
+/// hung up, by the caller and then by the device, logs nothing above info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_call_and_hang_up_log_nothing_above_info() {
+    let daemon = Daemon::spawn_via(&["env", "-u", "RUST_LOG"], "127.0.0.1:0", "quiet", &[]);
+    tokio::task::block_in_place(|| {
+        daemon.wait_until(Duration::from_secs(10), |s| s["registered"] == true)
+    });
+    let engine = caller_engine();
+    for (caller, device_hangs_up) in [("Ray", false), ("Ada", true)] {
+        let mut call = Caller::call(&engine, &daemon.ws, "quiet", json!({"callerName": caller}))
+            .await
+            .unwrap();
+        call.wait_for(Duration::from_secs(10), |e| {
+            matches!(e, CallerEvent::Ringing).then_some(())
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
+        tokio::task::block_in_place(|| daemon.control("accept")).expect("accept");
+        let track = call
+            .track(RTPCodecType::Video, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|err| panic!("{err}\n{}", daemon.stderr()));
+        let decoded = decode(track, 10, Duration::from_secs(10)).await;
+        assert!(decoded.frames >= 10, "{decoded:?}\n{}", daemon.stderr());
+        if device_hangs_up {
+            tokio::task::block_in_place(|| daemon.control("hangup")).expect("hangup");
+            call.wait_for(Duration::from_secs(10), |e| {
+                matches!(e, CallerEvent::Hangup(_)).then_some(())
+            })
+            .await
+            .unwrap();
+        }
+        call.hang_up("bye").await;
+        tokio::task::block_in_place(|| {
+            daemon.wait_until(Duration::from_secs(5), |s| {
+                s["calls"].as_array().is_some_and(|c| c.is_empty())
+            })
+        });
+    }
+    // What webrtc-rs says as it closes comes within moments of the close.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = daemon.stderr();
+    assert!(log.contains("ENDED"), "the calls ended: {log}");
+    let warnings = common::warnings(&log);
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
+}

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use peercam::signalling::access::CallerMode;
+use peercam::signalling::phonebook::MAX_SDP_BYTES;
 use peercam::signalling::protocol::{
     Callee, ClientMessage, ErrorCode, IceCandidate, IceServer, PROTOCOL_VERSION, Presence,
     ServerMessage,
 };
-use peercam::signalling::phonebook::MAX_SDP_BYTES;
 use peercam::signalling::server::{Limits, PhonebookServer};
 use serde_json::{Value, json};
 use tokio::time::timeout;
@@ -577,7 +577,10 @@ async fn a_device_rings_a_page_that_answers_early() {
     .await;
     match page.recv().await {
         ServerMessage::IncomingCall { meta, .. } => {
-            assert_eq!(meta["device"], "front-door", "the claimed device is replaced");
+            assert_eq!(
+                meta["device"], "front-door",
+                "the claimed device is replaced"
+            );
             assert_eq!(meta["kind"], "bell");
         }
         other => panic!("expected incoming_call, got {other:?}"),

@@ -159,11 +159,21 @@ pub async fn run(request: CallRequest) -> anyhow::Result<CallReport> {
             None => break,
         }
     }
+    // A call that ended early is closed first: that ends the tracks, and so the counting.
+    let ended = report.outcome == "ended";
+    let call = if ended {
+        call.hang_up("peercam call: the call ended").await;
+        None
+    } else {
+        Some(call)
+    };
     report.video = counting_video.await.ok();
     if let Some(task) = counting_audio {
         report.audio = task.await.ok();
     }
-    call.hang_up("peercam call: done watching").await;
+    if let Some(call) = call {
+        call.hang_up("peercam call: done watching").await;
+    }
     Ok(report)
 }
 

@@ -1,35 +1,28 @@
-//! A caller without a browser: places a call through the phonebook and receives the
-//! camera's video. Tests, benchmarks and `peercam call` use it to watch a camera the
-//! way a page does.
+//! A caller without a browser: places a call through the phonebook, with the offerer the
+//! device's bell uses, and receives the camera's video. Tests, benchmarks and
+//! `peercam call` use it to watch a camera the way a page does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{anyhow, bail};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
-use webrtc::data_channel::RTCDataChannel;
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
-use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
-use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_remote::TrackRemote;
 
 use super::engine::RtcEngine;
-use super::writer::{add_track, send_frames};
+use super::peer::{CallPeer, PeerEvent};
+use super::plan::{MediaPlan, RemoteTracks};
 use crate::media::Codec;
 use crate::media::fanout::Feed;
-use crate::signalling::protocol::{
-    ClientMessage, IceCandidate, PROTOCOL_VERSION, Secret, ServerMessage,
-};
+use crate::signalling::connection::PhonebookConnection;
+use crate::signalling::protocol::{ClientMessage, Secret, ServerMessage};
+use crate::signalling::transport::WsTransport;
+
+/// How long a hang-up may take to reach the phonebook before the caller goes.
+const HANG_UP_WAIT: Duration = Duration::from_secs(3);
 
 /// What happens to an outgoing call.
 #[derive(Clone)]
@@ -76,7 +69,7 @@ impl std::fmt::Debug for CallerEvent {
 /// What an outgoing call offers besides receiving video.
 #[derive(Clone, Default)]
 pub struct CallOptions {
-    /// Send this feed's Opus stream as the caller's voice.
+    /// Send this feed's Opus stream as the caller's voice (and receive the camera's).
     pub send_audio: Option<Feed>,
     /// Offer to receive the camera's sound.
     pub receive_audio: bool,
@@ -87,11 +80,10 @@ pub struct CallOptions {
 /// An outgoing call with its own phonebook connection and peer connection.
 pub struct Caller {
     call_id: String,
-    pc: Arc<RTCPeerConnection>,
-    channel: Arc<RTCDataChannel>,
+    peer: Arc<CallPeer>,
     out: mpsc::UnboundedSender<ClientMessage>,
     events: mpsc::UnboundedReceiver<CallerEvent>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl Caller {
@@ -114,198 +106,71 @@ impl Caller {
         meta: Value,
         options: CallOptions,
     ) -> anyhow::Result<Caller> {
-        let (mut socket, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url),
+        let transport = WsTransport::connect(url, None)
+            .await
+            .map_err(|err| anyhow!("phonebook at {url}: {err}"))?;
+        let conn = PhonebookConnection::hello(
+            transport,
+            "peercam-caller",
+            options.token.clone().map(Secret),
         )
         .await
-        .context("timed out connecting to the phonebook")??;
-        let hello = ClientMessage::Hello {
-            version: PROTOCOL_VERSION,
-            agent: Some("peercam-caller".into()),
-            token: options.token.clone().map(Secret),
-        };
-        socket.send(text(&hello)).await?;
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-                .await
-                .context("no welcome from the phonebook")?
-                .ok_or_else(|| anyhow!("the phonebook closed"))??;
-            if let Message::Text(t) = frame {
-                match serde_json::from_str::<ServerMessage>(&t)? {
-                    ServerMessage::Welcome { .. } => break,
-                    ServerMessage::Error { message, .. } => bail!("phonebook refused: {message}"),
-                    _ => {}
-                }
-            }
-        }
-
-        let pc = Arc::new(
-            engine
-                .api()
-                .new_peer_connection(RTCConfiguration {
-                    ice_servers: engine.ice_servers(),
-                    certificates: vec![engine.certificate()?],
-                    ..Default::default()
-                })
-                .await?,
-        );
-        pc.add_transceiver_from_kind(
-            RTPCodecType::Video,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                send_encodings: Vec::new(),
-            }),
-        )
-        .await?;
-        let mut tasks = Vec::new();
-        let (connected_tx, connected_rx) = tokio::sync::watch::channel(false);
-        if let Some(feed) = &options.send_audio {
-            let voice = feed.subscribe(Codec::Opus)?;
-            let (track, rtcp) = add_track(&pc, &voice, engine.h264_fmtp()).await?;
-            tasks.push(rtcp);
-            tasks.push(tokio::spawn(send_frames(track, voice, connected_rx)));
-        } else if options.receive_audio {
-            pc.add_transceiver_from_kind(
-                RTPCodecType::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    send_encodings: Vec::new(),
-                }),
-            )
-            .await?;
-        }
+        .map_err(|err| anyhow!("phonebook at {url}: {err}"))?;
 
         let call_id = format!("c-{:016x}", rand::random::<u64>());
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientMessage>();
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<ClientMessage>();
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-
-        let id = call_id.clone();
-        let candidates = out_tx.clone();
-        pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
-            let candidate = c.and_then(|c| c.to_json().ok()).map(|c| IceCandidate {
-                candidate: c.candidate,
-                sdp_mid: c.sdp_mid,
-                sdp_m_line_index: c.sdp_mline_index,
-                username_fragment: c.username_fragment,
-            });
-            let _ = candidates.send(ClientMessage::Candidate {
-                call_id: id.clone(),
-                candidate,
-            });
-            Box::pin(async {})
-        }));
-        let state_events = event_tx.clone();
-        pc.on_peer_connection_state_change(Box::new(move |state| {
-            let event = match state {
-                RTCPeerConnectionState::Connected => {
-                    let _ = connected_tx.send(true);
-                    Some(CallerEvent::Connected)
-                }
-                RTCPeerConnectionState::Failed => Some(CallerEvent::Lost("connection lost".into())),
-                RTCPeerConnectionState::Closed => {
-                    Some(CallerEvent::Lost("connection closed".into()))
-                }
-                _ => None,
-            };
-            if let Some(event) = event {
-                let _ = state_events.send(event);
-            }
-            Box::pin(async {})
-        }));
-        let track_events = event_tx.clone();
-        pc.on_track(Box::new(move |track, _, _| {
-            let _ = track_events.send(CallerEvent::Track(track));
-            Box::pin(async {})
-        }));
-
-        // Like the page: one reliable, ordered channel for text and device events.
-        let channel = pc.create_data_channel("peercam", None).await?;
-        let open_events = event_tx.clone();
-        channel.on_open(Box::new(move || {
-            let _ = open_events.send(CallerEvent::DataOpen);
-            Box::pin(async {})
-        }));
-        let data_events = event_tx.clone();
-        channel.on_message(Box::new(move |msg: DataChannelMessage| {
-            let _ = data_events.send(CallerEvent::Data(
-                String::from_utf8_lossy(&msg.data).into_owned(),
-            ));
-            Box::pin(async {})
-        }));
-
-        let offer = pc.create_offer(None).await?;
-        // The call goes out before gathering starts, so no candidate overtakes it.
-        out_tx.send(ClientMessage::Call {
+        let emit = {
+            let (id, out, events) = (call_id.clone(), out_tx.clone(), event_tx.clone());
+            Arc::new(move |event: PeerEvent| {
+                let event = match event {
+                    PeerEvent::Candidate(candidate) => {
+                        let _ = out.send(ClientMessage::Candidate {
+                            call_id: id.clone(),
+                            candidate,
+                        });
+                        return;
+                    }
+                    PeerEvent::Connected => CallerEvent::Connected,
+                    PeerEvent::DataOpen => CallerEvent::DataOpen,
+                    PeerEvent::Text(text) => CallerEvent::Data(text),
+                    PeerEvent::Lost(reason) => CallerEvent::Lost(reason),
+                    PeerEvent::DataClosed(_) => return,
+                };
+                let _ = events.send(event);
+            })
+        };
+        let tracks = event_tx.clone();
+        let voice = match &options.send_audio {
+            Some(feed) => Some(feed.subscribe(Codec::Opus)?),
+            None => None,
+        };
+        let plan = MediaPlan {
+            video: None,
+            receive_video: true,
+            receive_audio: options.receive_audio || voice.is_some(),
+            audio: voice,
+            gated: false,
+            remote: RemoteTracks::HandOut(Arc::new(move |track| {
+                let _ = tracks.send(CallerEvent::Track(track));
+            })),
+        };
+        let (peer, offer) = CallPeer::offer_with(engine, plan, emit).await?;
+        let peer = Arc::new(peer);
+        // The call goes out first, so no candidate queued meanwhile overtakes it.
+        let call = ClientMessage::Call {
             call_id: call_id.clone(),
             callee: callee.to_owned(),
             meta,
-            sdp: offer.sdp.clone(),
-        })?;
-        let (mut sink, mut stream) = socket.split();
-        let writer = tokio::spawn(async move {
-            while let Some(msg) = out_rx.recv().await {
-                let last = matches!(msg, ClientMessage::Hangup { .. });
-                if sink.send(text(&msg)).await.is_err() || last {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-        pc.set_local_description(offer).await?;
-
-        let reader_pc = pc.clone();
-        let reader = tokio::spawn(async move {
-            while let Some(Ok(frame)) = stream.next().await {
-                let Message::Text(t) = frame else { continue };
-                let Ok(msg) = serde_json::from_str::<ServerMessage>(&t) else {
-                    continue;
-                };
-                let event = match msg {
-                    ServerMessage::Ringing { .. } => CallerEvent::Ringing,
-                    ServerMessage::Accepted { sdp, .. } => {
-                        let applied = match RTCSessionDescription::answer(sdp) {
-                            Ok(answer) => reader_pc.set_remote_description(answer).await,
-                            Err(err) => Err(err),
-                        };
-                        match applied {
-                            Ok(()) => CallerEvent::Accepted,
-                            Err(err) => CallerEvent::Error(format!("bad answer: {err}")),
-                        }
-                    }
-                    ServerMessage::Declined { reason, .. } => CallerEvent::Declined(reason),
-                    ServerMessage::Hangup { reason, .. } => CallerEvent::Hangup(reason),
-                    ServerMessage::Error { message, .. } => CallerEvent::Error(message),
-                    ServerMessage::Candidate {
-                        candidate: Some(c), ..
-                    } => {
-                        let init = RTCIceCandidateInit {
-                            candidate: c.candidate,
-                            sdp_mid: c.sdp_mid,
-                            sdp_mline_index: c.sdp_m_line_index,
-                            username_fragment: c.username_fragment,
-                        };
-                        if let Err(err) = reader_pc.add_ice_candidate(init).await {
-                            debug!(%err, "candidate refused");
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                if event_tx.send(event).is_err() {
-                    break;
-                }
-            }
-        });
-        tasks.insert(0, writer);
-        tasks.push(reader);
+            sdp: offer,
+        };
+        let relay = tokio::spawn(relay(conn, call, out_rx, peer.clone(), event_tx));
         Ok(Caller {
             call_id,
-            pc,
-            channel,
+            peer,
             out: out_tx,
             events: event_rx,
-            tasks,
+            relay,
         })
     }
 
@@ -348,19 +213,13 @@ impl Caller {
 
     /// Sends `text` to the camera over the data channel (once it is open).
     pub async fn send_text(&self, text: &str) -> anyhow::Result<()> {
-        self.channel.send_text(text.to_owned()).await?;
-        Ok(())
+        self.peer.try_send_text(text).await
     }
 
     /// Tells the camera the picture was lost (RTCP PLI for `track`), as a browser does
     /// after packet loss.
     pub async fn picture_lost(&self, track: &TrackRemote) -> anyhow::Result<()> {
-        let pli = webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc: track.ssrc(),
-        };
-        self.pc.write_rtcp(&[Box::new(pli)]).await?;
-        Ok(())
+        self.peer.picture_lost(track).await
     }
 
     /// Waits for the camera's track of `kind` (video or audio).
@@ -382,21 +241,87 @@ impl Caller {
             call_id: self.call_id.clone(),
             reason: reason.into(),
         });
-        let _ = self.pc.close().await;
-        let mut tasks = self.tasks.into_iter();
-        if let Some(writer) = tasks.next() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-        }
-        for task in tasks {
-            task.abort();
+        self.peer.shutdown().await;
+        // The relay stops once the hang-up is out and the phonebook has closed its end.
+        let mut relay = self.relay;
+        if tokio::time::timeout(HANG_UP_WAIT, &mut relay)
+            .await
+            .is_err()
+        {
+            relay.abort();
         }
     }
 }
 
-fn text(msg: &ClientMessage) -> Message {
-    Message::Text(
-        serde_json::to_string(msg)
-            .expect("client messages serialise")
-            .into(),
-    )
+/// Carries the call between the phonebook and the peer: sends `call`, then what `out`
+/// queues (candidates, the hang-up, after which it closes), and applies what the callee
+/// sends (its answer, its candidates) or reports it on `events`.
+async fn relay(
+    mut conn: PhonebookConnection<WsTransport>,
+    call: ClientMessage,
+    mut out: mpsc::UnboundedReceiver<ClientMessage>,
+    peer: Arc<CallPeer>,
+    events: mpsc::UnboundedSender<CallerEvent>,
+) {
+    if let Err(err) = conn.send(&call).await {
+        let _ = events.send(CallerEvent::Error(format!(
+            "the call did not go out: {err}"
+        )));
+        return;
+    }
+    // Once the callee or the phonebook ended the call, a hang-up would be refused.
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            msg = conn.recv() => match msg {
+                Ok(Some(msg)) => {
+                    ended |= matches!(msg, ServerMessage::Hangup { .. } | ServerMessage::Declined { .. });
+                    if let Some(event) = take(&peer, msg).await {
+                        let _ = events.send(event);
+                    }
+                }
+                // The media goes on without the phonebook; nothing more can be signalled.
+                Ok(None) => return,
+                Err(err) => {
+                    debug!(%err, "phonebook connection lost");
+                    return;
+                }
+            },
+            msg = out.recv() => {
+                let Some(msg) = msg else { break };
+                let last = matches!(msg, ClientMessage::Hangup { .. });
+                if !(last && ended) && conn.send(&msg).await.is_err() {
+                    return;
+                }
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+    conn.close().await;
+}
+
+/// Applies a message from the phonebook to the call, or turns it into an event.
+async fn take(peer: &CallPeer, msg: ServerMessage) -> Option<CallerEvent> {
+    Some(match msg {
+        ServerMessage::Ringing { .. } => CallerEvent::Ringing,
+        ServerMessage::Accepted { sdp, .. } => match peer.apply_answer(&sdp).await {
+            Ok(()) => CallerEvent::Accepted,
+            Err(err) => CallerEvent::Error(format!("bad answer: {err:#}")),
+        },
+        ServerMessage::Declined { reason, .. } => CallerEvent::Declined(reason),
+        ServerMessage::Hangup { reason, .. } => CallerEvent::Hangup(reason),
+        ServerMessage::Error { message, .. } => CallerEvent::Error(message),
+        ServerMessage::Candidate {
+            candidate: Some(candidate),
+            ..
+        } => {
+            if let Err(err) = peer.add_candidate(candidate).await {
+                debug!("candidate refused: {err:#}");
+            }
+            return None;
+        }
+        _ => return None,
+    })
 }

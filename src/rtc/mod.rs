@@ -12,14 +12,16 @@
 //! refused, and each media section of an offer negotiates its own codecs.
 //!
 //! The choice of crate stays inside this module: the rest of peercam sees [`RtcEngine`],
-//! [`CallPeer`], [`PeerEvent`], the browser-less [`Caller`] and what [`receive`] counts
-//! of a received track.
+//! [`CallPeer`] (the answer to a caller's offer, or the device's own offer), [`PeerEvent`],
+//! the browser-less [`Caller`] (on the same offerer) and what [`receive`] counts of a
+//! received track.
 
 mod caller;
 mod clock;
 mod engine;
 mod offer;
 mod peer;
+mod plan;
 pub mod receive;
 mod writer;
 
@@ -27,4 +29,32 @@ pub use caller::{CallOptions, Caller, CallerEvent};
 pub use clock::RtpClock;
 pub use engine::{MediaCaps, RtcEngine};
 pub use offer::{OfferSummary, check_offer};
-pub use peer::{CallPeer, Feeds, PeerEvent};
+pub use peer::{CallPeer, DATA_CHANNEL_LABEL, Feeds, MAX_TEXT_BYTES, PeerEvent};
+
+/// Log filter directives for webrtc-rs, for the default log filter (after `info`): its
+/// crates say only what goes wrong (`warn`), except four spots that warn at every normal
+/// start or end of a call, where nothing went wrong, and say only `error`s here:
+///
+/// * `webrtc_ice::agent::agent_internal`: closing the ICE agent closes the other end's
+///   candidates too, which it never opened, and warns for each ("Failed to close
+///   candidate …: the agent is closed"); at the start of a call it warns that it checks
+///   before the other end's first candidate came ("pingAllCandidates called with no
+///   candidate pairs").
+/// * `webrtc::peer_connection::peer_connection_internal`: the tasks that wait for unknown
+///   RTP and RTCP streams warn when closing the connection ends their SRTP session
+///   ("Failed to accept RTP SessionSRTP has been closed").
+/// * `webrtc_sctp::association`: closing the association closes the DTLS connection
+///   under it before its write loop has sent the data channel's last chunk ("failed to
+///   write packets on net_conn: conn is closed"), and the end that closes second reads
+///   the other's DTLS close_notify first ("failed to read packets on net_conn: Alert is
+///   Fatal or Close Notify").
+/// * `webrtc::mux`: packets the other end sent while this one closed find their
+///   transport gone ("mux: no endpoint for packet starting with 21"), and the closed
+///   socket's read hands the last packet round once more.
+///
+/// The same targets' other warnings (STUN messages discarded, a data channel that could
+/// not open) go too; `RUST_LOG` replaces the whole filter when set, to see them.
+pub const LOG_DIRECTIVES: &str = "webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,\
+webrtc_sctp=warn,webrtc_ice::agent::agent_internal=error,\
+webrtc::peer_connection::peer_connection_internal=error,webrtc_sctp::association=error,\
+webrtc::mux=error";

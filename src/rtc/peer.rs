@@ -1,50 +1,65 @@
-//! One call's peer connection: the answer, trickled candidates, the data channel and the
-//! caller's voice.
+//! One call's peer connection, whichever end offers: the device's answer to a caller's
+//! offer, the device's own offer (the bell), and the browser-less caller's. One
+//! negotiation for all three: the media, trickled candidates, the data channel, the other
+//! end's voice, and sound held back until a call someone was rung for is answered.
+
+mod wiring;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
-use webrtc::data_channel::RTCDataChannel;
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
-use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use tracing::{debug, warn};
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::signaling_state::RTCSignalingState;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_remote::TrackRemote;
 
+use self::wiring::{ChannelSlot, Emit, PlaybackSlot};
 use super::engine::RtcEngine;
 use super::offer::check_offer;
+use super::plan::{MediaPlan, RemoteTracks, direction};
 use super::writer::{add_track, send_frames};
 use crate::media::Codec;
 use crate::media::audio::{AudioSettings, Playback};
 use crate::media::fanout::{Feed, Subscription};
 use crate::signalling::protocol::IceCandidate;
 
-/// The label of the data channel that carries device events and the caller's text.
+/// The label of the data channel that carries device events and the other end's text.
 pub const DATA_CHANNEL_LABEL: &str = "peercam";
 
-/// Longest text accepted from a caller's data channel, in bytes.
+/// Longest text accepted from the other end's data channel, in bytes.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
+/// Most of the other end's candidates kept while its answer has not come: a page trickles
+/// a handful.
+const MAX_EARLY_CANDIDATES: usize = 64;
+
+/// Longest a closed connection is kept for webrtc-rs's last state change; see [`linger`].
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Something the peer connection wants the call to know.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerEvent {
-    /// A local candidate to trickle to the caller; `None` once gathering is complete.
+    /// A local candidate to trickle to the other end; `None` once gathering is complete.
     Candidate(Option<IceCandidate>),
     /// ICE and DTLS are up: media flows.
     Connected,
-    /// The caller's data channel is open: events can be sent.
+    /// The `peercam` data channel is open: events can be sent.
     DataOpen,
-    /// The caller sent this text over the data channel.
+    /// The other end sent this text over the data channel.
     Text(String),
-    /// A data channel the caller opened (named by its label) closed: for a PeerJS caller
-    /// that is the hang-up.
+    /// A data channel (named by its label) closed: for a PeerJS caller, whose own
+    /// channel it is, that is the hang-up.
     DataClosed(String),
     /// The connection failed or was closed.
     Lost(String),
@@ -59,15 +74,37 @@ pub struct Feeds {
     pub audio: Option<Feed>,
 }
 
-/// One call's peer connection, answering the caller's offer with the camera's video (and
-/// the microphone's sound), and playing the caller's voice.
+/// One call's peer connection: it sends the camera's video (and the microphone's sound)
+/// and plays the other end's voice, as the answer to a caller's offer
+/// ([`CallPeer::answer`]) or as the device's own offer ([`CallPeer::offer`]).
 pub struct CallPeer {
     pc: Arc<RTCPeerConnection>,
-    h264_fmtp: String,
-    channel: Arc<Mutex<Option<Arc<RTCDataChannel>>>>,
-    playback: Arc<Mutex<Option<Playback>>>,
+    channel: ChannelSlot,
+    playback: PlaybackSlot,
     video_codec: Codec,
-    tasks: Vec<JoinHandle<()>>,
+    /// Whether sound goes both ways; false until [`CallPeer::open_two_way`] on a gated call.
+    two_way: watch::Sender<bool>,
+    remote: tokio::sync::Mutex<Remote>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How far the other end's description has come.
+struct Remote {
+    /// Its description is applied: candidates can be added.
+    described: bool,
+    /// Why an answer failed after webrtc-rs had begun to apply it, which it cannot undo:
+    /// no other answer can follow.
+    spoiled: Option<String>,
+    /// Candidates that came before its answer, added once it is applied.
+    early: Vec<IceCandidate>,
+}
+
+/// Which end of the negotiation this connection is.
+enum Role<'a> {
+    /// It answers this offer.
+    Answer(&'a str),
+    /// It makes the offer.
+    Offer,
 }
 
 impl CallPeer {
@@ -94,17 +131,59 @@ impl CallPeer {
                 "the offer has no H.264 video (packetization mode 1), which is what this camera sends"
             );
         };
-        let video = feeds.video.subscribe(video_codec)?;
-        let microphone = match (&feeds.audio, summary.opus) {
-            (Some(feed), true) => match feed.subscribe(Codec::Opus) {
-                Ok(sub) => Some(sub),
-                Err(err) => {
-                    warn!("the call goes on without the microphone: {err:#}");
-                    None
-                }
-            },
-            _ => None,
+        let plan = MediaPlan {
+            video: Some(feeds.video.subscribe(video_codec)?),
+            receive_video: false,
+            audio: feeds
+                .audio
+                .as_ref()
+                .filter(|_| summary.opus)
+                .and_then(microphone),
+            receive_audio: false,
+            gated: false,
+            remote: RemoteTracks::Speaker(audio.clone()),
         };
+        CallPeer::start(engine, plan, Role::Answer(offer), emit_to(events)).await
+    }
+
+    /// Offers a call from the device: the camera's H.264 video, send-only; the
+    /// microphone's sound and the other end's on the speaker, as far as the board has
+    /// them; and the `peercam` data channel. The sound goes neither way until
+    /// [`CallPeer::open_two_way`], while the video flows as soon as the connection is up.
+    /// Local candidates and state changes arrive on `events`; the returned string is the
+    /// SDP offer, for [`CallPeer::apply_answer`] to complete.
+    pub async fn offer(
+        engine: &RtcEngine,
+        feeds: &Feeds,
+        audio: &AudioSettings,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> anyhow::Result<(CallPeer, String)> {
+        let plan = MediaPlan {
+            video: Some(feeds.video.subscribe(Codec::H264)?),
+            receive_video: false,
+            audio: feeds.audio.as_ref().and_then(microphone),
+            receive_audio: audio.has_speaker(),
+            gated: true,
+            remote: RemoteTracks::Speaker(audio.clone()),
+        };
+        CallPeer::start(engine, plan, Role::Offer, emit_to(events)).await
+    }
+
+    /// Offers a connection with `plan`'s media, reporting through `emit`.
+    pub(super) async fn offer_with(
+        engine: &RtcEngine,
+        plan: MediaPlan,
+        emit: Emit,
+    ) -> anyhow::Result<(CallPeer, String)> {
+        CallPeer::start(engine, plan, Role::Offer, emit).await
+    }
+
+    async fn start(
+        engine: &RtcEngine,
+        plan: MediaPlan,
+        role: Role<'_>,
+        emit: Emit,
+    ) -> anyhow::Result<(CallPeer, String)> {
         let pc = Arc::new(
             engine
                 .api()
@@ -117,17 +196,19 @@ impl CallPeer {
         );
         let peer = CallPeer {
             pc: pc.clone(),
-            h264_fmtp: engine.h264_fmtp().to_owned(),
             channel: Arc::default(),
             playback: Arc::default(),
-            video_codec,
-            tasks: Vec::new(),
+            video_codec: plan.video_codec(),
+            two_way: watch::channel(!plan.gated).0,
+            remote: tokio::sync::Mutex::new(Remote {
+                described: matches!(role, Role::Answer(_)),
+                spoiled: None,
+                early: Vec::new(),
+            }),
+            tasks: Mutex::default(),
         };
-        match peer
-            .negotiate(offer, video, microphone, audio.clone(), events)
-            .await
-        {
-            Ok((peer, answer)) => Ok((peer, answer)),
+        match peer.negotiate(engine.h264_fmtp(), plan, role, emit).await {
+            Ok(done) => Ok(done),
             Err(err) => {
                 let _ = pc.close().await;
                 Err(err)
@@ -136,110 +217,80 @@ impl CallPeer {
     }
 
     async fn negotiate(
-        mut self,
-        offer: &str,
-        video: Subscription,
-        microphone: Option<Subscription>,
-        audio: AudioSettings,
-        events: mpsc::UnboundedSender<PeerEvent>,
+        self,
+        h264_fmtp: &str,
+        plan: MediaPlan,
+        role: Role<'_>,
+        emit: Emit,
     ) -> anyhow::Result<(CallPeer, String)> {
-        let (connected_tx, connected_rx) = watch::channel(false);
-        let mut writers = vec![(self.add_sender(&video).await?, video)];
-        if let Some(microphone) = microphone {
-            writers.push((self.add_sender(&microphone).await?, microphone));
+        let offering = matches!(role, Role::Offer);
+        // An answer's tracks take the transceivers the offer brings (the offer is set after
+        // them, and matches them up); an offer's get their own, with their direction.
+        let section = |receive: bool| offering.then(|| direction(true, receive)).flatten();
+        let mut writers = Vec::new();
+        if let Some(video) = plan.video {
+            let track = self
+                .add_sender(&video, h264_fmtp, section(plan.receive_video))
+                .await?;
+            writers.push((track, video, None));
+        } else if offering && plan.receive_video {
+            self.receive(RTPCodecType::Video).await?;
+        }
+        if let Some(sound) = plan.audio {
+            let track = self
+                .add_sender(&sound, h264_fmtp, section(plan.receive_audio))
+                .await?;
+            writers.push((track, sound, plan.gated.then(|| self.two_way.subscribe())));
+        } else if offering && plan.receive_audio {
+            self.receive(RTPCodecType::Audio).await?;
         }
 
-        let state_events = events.clone();
-        self.pc
-            .on_peer_connection_state_change(Box::new(move |state: RTCPeerConnectionState| {
-                debug!(?state, "peer connection state");
-                let event = match state {
-                    RTCPeerConnectionState::Connected => {
-                        let _ = connected_tx.send(true);
-                        Some(PeerEvent::Connected)
-                    }
-                    RTCPeerConnectionState::Failed => {
-                        Some(PeerEvent::Lost("connection lost".into()))
-                    }
-                    RTCPeerConnectionState::Closed => {
-                        Some(PeerEvent::Lost("connection closed".into()))
-                    }
-                    _ => None,
-                };
-                if let Some(event) = event {
-                    let _ = state_events.send(event);
-                }
-                Box::pin(async {})
-            }));
-        let channel_events = events.clone();
-        let channel_slot = self.channel.clone();
-        self.pc
-            .on_data_channel(Box::new(move |channel: Arc<RTCDataChannel>| {
-                debug!(label = channel.label(), "caller opened a data channel");
-                let label = channel.label().to_owned();
-                let closed_events = channel_events.clone();
-                let closed_label = label.clone();
-                channel.on_close(Box::new(move || {
-                    let _ = closed_events.send(PeerEvent::DataClosed(closed_label.clone()));
-                    Box::pin(async {})
-                }));
-                if label != DATA_CHANNEL_LABEL {
-                    // PeerJS opens one on every media call; it carries nothing of ours.
-                    return Box::pin(async {});
-                }
-                let open_events = channel_events.clone();
-                let opened = channel.clone();
-                let slot = channel_slot.clone();
-                channel.on_open(Box::new(move || {
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
-                    let _ = open_events.send(PeerEvent::DataOpen);
-                    Box::pin(async {})
-                }));
-                let text_events = channel_events.clone();
-                channel.on_message(Box::new(move |msg: DataChannelMessage| {
-                    if msg.data.len() > MAX_TEXT_BYTES {
-                        warn!(
-                            bytes = msg.data.len(),
-                            "data channel message too long; ignored"
-                        );
-                    } else {
-                        let text = String::from_utf8_lossy(&msg.data).into_owned();
-                        let _ = text_events.send(PeerEvent::Text(text));
-                    }
-                    Box::pin(async {})
-                }));
-                Box::pin(async {})
-            }));
-        let playback_slot = self.playback.clone();
-        self.pc
-            .on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
-                if track.kind() == RTPCodecType::Audio && audio.has_speaker() {
-                    match Playback::start(&audio, track) {
-                        Ok(playback) => {
-                            info!("playing the caller's voice");
-                            *playback_slot.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(playback);
-                        }
-                        Err(err) => warn!("cannot play the caller's voice: {err:#}"),
-                    }
-                }
-                Box::pin(async {})
-            }));
-        let candidate_events = events;
-        self.pc
-            .on_ice_candidate(Box::new(move |candidate: Option<RTCIceCandidate>| {
-                let init = candidate
-                    .and_then(|c| c.to_json().ok())
-                    .map(|c| IceCandidate {
-                        candidate: c.candidate,
-                        sdp_mid: c.sdp_mid,
-                        sdp_m_line_index: c.sdp_mline_index,
-                        username_fragment: c.username_fragment,
-                    });
-                let _ = candidate_events.send(PeerEvent::Candidate(init));
-                Box::pin(async {})
-            }));
+        let (connected_tx, connected_rx) = watch::channel(false);
+        wiring::report_state(&self.pc, emit.clone(), connected_tx);
+        wiring::trickle(&self.pc, emit.clone());
+        wiring::take_tracks(
+            &self.pc,
+            plan.remote,
+            self.two_way.subscribe(),
+            self.playback.clone(),
+        );
+        let sdp = match role {
+            Role::Answer(offer) => {
+                wiring::accept_channels(&self.pc, emit, self.channel.clone());
+                self.answer_offer(offer).await?
+            }
+            Role::Offer => {
+                // Like a page's: one reliable, ordered channel for text and device events.
+                let channel = self
+                    .pc
+                    .create_data_channel(DATA_CHANNEL_LABEL, None)
+                    .await?;
+                wiring::serve_channel(&channel, emit, self.channel.clone());
+                let offer = self
+                    .pc
+                    .create_offer(None)
+                    .await
+                    .map_err(|err| anyhow!("no offer: {err}"))?;
+                let sdp = offer.sdp.clone();
+                self.pc.set_local_description(offer).await?;
+                sdp
+            }
+        };
 
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for (track, subscription, gate) in writers {
+            tasks.push(tokio::spawn(send_frames(
+                track,
+                subscription,
+                connected_rx.clone(),
+                gate,
+            )));
+        }
+        drop(tasks);
+        Ok((self, sdp))
+    }
+
+    async fn answer_offer(&self, offer: &str) -> anyhow::Result<String> {
         let offer = RTCSessionDescription::offer(offer.to_owned())
             .map_err(|err| anyhow!("the offer is not valid SDP: {err}"))?;
         self.pc
@@ -252,32 +303,79 @@ impl CallPeer {
             .await
             .map_err(|err| anyhow!("no answer to this offer: {err}"))?;
         self.pc.set_local_description(answer).await?;
-        let answer = self
+        Ok(self
             .pc
             .local_description()
             .await
             .context("the answer vanished")?
-            .sdp;
-
-        for (track, subscription) in writers {
-            self.tasks.push(tokio::spawn(send_frames(
-                track,
-                subscription,
-                connected_rx.clone(),
-            )));
-        }
-        Ok((self, answer))
+            .sdp)
     }
 
     /// Adds a track for `subscription`'s stream, and the RTCP reader that turns the
     /// viewer's PLI/FIR into keyframes and its REMB into the encoder's bitrate.
     async fn add_sender(
-        &mut self,
+        &self,
         subscription: &Subscription,
+        h264_fmtp: &str,
+        direction: Option<RTCRtpTransceiverDirection>,
     ) -> anyhow::Result<Arc<TrackLocalStaticRTP>> {
-        let (track, task) = add_track(&self.pc, subscription, &self.h264_fmtp).await?;
-        self.tasks.push(task);
+        let (track, task) = add_track(&self.pc, subscription, h264_fmtp, direction).await?;
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
         Ok(track)
+    }
+
+    /// Asks for the other end's `kind` of media without sending any.
+    async fn receive(&self, kind: RTPCodecType) -> anyhow::Result<()> {
+        self.pc
+            .add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Completes an offered call with the other end's SDP answer. Once one is applied,
+    /// another (the same answer sent again when the call is accepted) changes nothing.
+    /// An answer that is not SDP changes nothing either; one that is, but cannot be used,
+    /// leaves a connection that takes no other (webrtc-rs cannot undo what it began).
+    pub async fn apply_answer(&self, sdp: &str) -> anyhow::Result<()> {
+        let mut remote = self.remote.lock().await;
+        if remote.described {
+            return Ok(());
+        }
+        if let Some(why) = &remote.spoiled {
+            bail!("an earlier answer could not be used ({why}), and no other can follow it");
+        }
+        let answer = RTCSessionDescription::answer(sdp.to_owned())
+            .map_err(|err| anyhow!("the answer is not valid SDP: {err}"))?;
+        if let Err(err) = self.pc.set_remote_description(answer).await {
+            if self.pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
+                remote.spoiled = Some(err.to_string());
+            }
+            bail!("the answer cannot be used: {err}");
+        }
+        remote.described = true;
+        for candidate in std::mem::take(&mut remote.early) {
+            if let Err(err) = self.add_described_candidate(candidate).await {
+                debug!("{err:#}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets sound through both ways on an offered call: the microphone is sent and the
+    /// other end's voice played from now on. Answered calls carry it from the start.
+    pub fn open_two_way(&self) {
+        if !self.two_way.send_replace(true) {
+            debug!("two-way audio open");
+        }
     }
 
     /// The video codec this call sends.
@@ -285,7 +383,7 @@ impl CallPeer {
         self.video_codec
     }
 
-    /// Decoded audio buffers of the caller's voice played so far.
+    /// Decoded audio buffers of the other end's voice played so far.
     pub fn played_audio_buffers(&self) -> u64 {
         self.playback
             .lock()
@@ -294,8 +392,24 @@ impl CallPeer {
             .map_or(0, Playback::played_buffers)
     }
 
-    /// Adds a candidate the caller trickled.
+    /// Adds a candidate the other end trickled; on an offered call, one that comes before
+    /// the answer is kept until the answer is applied.
     pub async fn add_candidate(&self, candidate: IceCandidate) -> anyhow::Result<()> {
+        {
+            let mut remote = self.remote.lock().await;
+            if !remote.described {
+                if remote.early.len() < MAX_EARLY_CANDIDATES {
+                    remote.early.push(candidate);
+                } else {
+                    debug!("too many candidates before the answer; dropping one");
+                }
+                return Ok(());
+            }
+        }
+        self.add_described_candidate(candidate).await
+    }
+
+    async fn add_described_candidate(&self, candidate: IceCandidate) -> anyhow::Result<()> {
         self.pc
             .add_ice_candidate(RTCIceCandidateInit {
                 candidate: candidate.candidate,
@@ -307,39 +421,70 @@ impl CallPeer {
             .map_err(|err| anyhow!("bad ICE candidate: {err}"))
     }
 
-    /// Sends `text` over the caller's data channel, if it is open.
+    /// Sends `text` over the data channel, if it is open.
     pub async fn send_text(&self, text: &str) {
+        if let Err(err) = self.try_send_text(text).await {
+            debug!("{err:#}");
+        }
+    }
+
+    /// Sends `text` over the data channel, failing if it is not open.
+    pub(super) async fn try_send_text(&self, text: &str) -> anyhow::Result<()> {
         let channel = self
-            .channel
+            .open_channel()
+            .context("the data channel is not open")?;
+        channel
+            .send_text(text.to_owned())
+            .await
+            .map_err(|err| anyhow!("cannot send on the data channel: {err}"))?;
+        Ok(())
+    }
+
+    fn open_channel(&self) -> Option<Arc<webrtc::data_channel::RTCDataChannel>> {
+        self.channel
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(channel) = channel
-            && let Err(err) = channel.send_text(text.to_owned()).await
-        {
-            debug!(%err, "cannot send on the data channel");
-        }
+            .clone()
     }
 
     /// Waits up to `limit` for what was sent on the data channel to leave, so a last
     /// event is not cut off by closing the connection.
-    pub async fn flush(&self, limit: std::time::Duration) {
-        let channel = self
-            .channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(channel) = channel else { return };
+    pub async fn flush(&self, limit: Duration) {
+        let Some(channel) = self.open_channel() else {
+            return;
+        };
         let deadline = tokio::time::Instant::now() + limit;
         while channel.buffered_amount().await > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Tells the other end the picture of `track` was lost (RTCP PLI), as a browser does
+    /// after packet loss.
+    pub(super) async fn picture_lost(&self, track: &TrackRemote) -> anyhow::Result<()> {
+        let pli = webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: track.ssrc(),
+        };
+        self.pc.write_rtcp(&[Box::new(pli)]).await?;
+        Ok(())
     }
 
     /// Closes the connection and stops its tasks.
     pub async fn close(self) {
-        for task in &self.tasks {
+        self.shutdown().await;
+    }
+
+    /// [`CallPeer::close`] for a peer that is shared.
+    pub(super) async fn shutdown(&self) {
+        // Our writers and RTCP readers stop before the transports under them close, so
+        // none of them writes into or reads from a closed one.
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
         self.playback
             .lock()
@@ -348,5 +493,39 @@ impl CallPeer {
         if let Err(err) = self.pc.close().await {
             warn!(%err, "closing a peer connection failed");
         }
+        linger(self.pc.clone());
     }
 }
+
+/// Keeps a closed connection a moment: webrtc-rs hands the ICE agent's last state change
+/// (closed) to the connection on a task of its own, which finds the connection's DTLS
+/// transport gone if the connection was dropped first, and says so as a warning.
+fn linger(pc: Arc<RTCPeerConnection>) {
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while pc.ice_connection_state() != RTCIceConnectionState::Closed
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The task goes on from the state change to the transport at once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+}
+
+/// Events as the device takes them: on a channel.
+fn emit_to(events: mpsc::UnboundedSender<PeerEvent>) -> Emit {
+    Arc::new(move |event| {
+        let _ = events.send(event);
+    })
+}
+
+/// The microphone's stream, or none (logged) when it cannot start.
+fn microphone(feed: &Feed) -> Option<Subscription> {
+    feed.subscribe(Codec::Opus)
+        .map_err(|err| warn!("the call goes on without the microphone: {err:#}"))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;

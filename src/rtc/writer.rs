@@ -15,6 +15,8 @@ use webrtc::rtp::codecs::h264::H264Payloader;
 use webrtc::rtp::codecs::opus::OpusPayloader;
 use webrtc::rtp::codecs::vp8::Vp8Payloader;
 use webrtc::rtp::packetizer::Payloader;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
@@ -27,11 +29,14 @@ use crate::media::fanout::Subscription;
 const RTP_PAYLOAD_MTU: usize = 1188;
 
 /// Adds a track for `subscription`'s stream to `pc`, and starts the RTCP reader that turns
-/// the viewer's PLI/FIR into keyframes and its REMB into the encoder's bitrate.
+/// the viewer's PLI/FIR into keyframes and its REMB into the encoder's bitrate. With a
+/// `direction` the track gets a transceiver of its own (an offer's); without, the one an
+/// offer set later brings (an answer's).
 pub(super) async fn add_track(
     pc: &RTCPeerConnection,
     subscription: &Subscription,
     h264_fmtp: &str,
+    direction: Option<RTCRtpTransceiverDirection>,
 ) -> anyhow::Result<(Arc<TrackLocalStaticRTP>, JoinHandle<()>)> {
     let (capability, kind) = match subscription.codec() {
         Codec::H264 => (video_capability(MIME_TYPE_H264, h264_fmtp), "video"),
@@ -43,7 +48,21 @@ pub(super) async fn add_track(
         kind.into(),
         "peercam".into(),
     ));
-    let sender = pc.add_track(track.clone()).await?;
+    let sender = match direction {
+        None => pc.add_track(track.clone()).await?,
+        Some(direction) => {
+            pc.add_transceiver_from_track(
+                track.clone(),
+                Some(RTCRtpTransceiverInit {
+                    direction,
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .await?
+            .sender()
+            .await
+        }
+    };
     let control = subscription.control();
     let task = tokio::spawn(async move {
         // Reading RTCP also drives the interceptors (NACK responder, reports).
@@ -81,14 +100,21 @@ fn packetize(codec: Codec, data: &bytes::Bytes) -> Vec<bytes::Bytes> {
         })
 }
 
-/// Writes a stream into `track` once the connection is up, starting at a fresh keyframe,
-/// with RTP timestamps from the encoder's presentation times.
+/// Writes a stream into `track` once the connection is up and `gate` (if any) is open,
+/// starting at a fresh keyframe, with RTP timestamps from the encoder's presentation times.
+/// Until then the subscription is not read: joining drops what queued meanwhile.
 pub(super) async fn send_frames(
     track: Arc<TrackLocalStaticRTP>,
     mut subscription: Subscription,
     mut connected: watch::Receiver<bool>,
+    gate: Option<watch::Receiver<bool>>,
 ) {
     if connected.wait_for(|up| *up).await.is_err() {
+        return;
+    }
+    if let Some(mut gate) = gate
+        && gate.wait_for(|open| *open).await.is_err()
+    {
         return;
     }
     let connected_at = std::time::Instant::now();

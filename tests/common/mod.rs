@@ -550,3 +550,10 @@ pub async fn http(
         .await
         .with_context(|| format!("{method} {url}: no answer within {timeout:?}"))?
 }
+
+/// The lines of a peercam log (its default text format) at WARN or ERROR.
+pub fn warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect()
+}
