@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +35,43 @@ export const TERMINAL = ['ENDED', 'DECLINED', 'ERROR'];
 /** A phone-sized screen, to check that the page fits one. */
 export const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
 
+/**
+ * PEERCAM_WEB_FROM_DISK=1: the pages get web/ from this checkout instead of what the binary
+ * embedded when it was built (handy while working on the page without rebuilding).
+ */
+export const WEB_FROM_DISK = process.env.PEERCAM_WEB_FROM_DISK === '1';
+const WEB_FILES = {
+  '/': 'index.html', '/index.html': 'index.html', '/app.js': 'app.js', '/phonebook.js': 'phonebook.js',
+  '/stats.js': 'stats.js', '/style.css': 'style.css',
+};
+const CONTENT_TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
+
+/**
+ * Fails at once when the binary embeds an older web/ than this checkout (unless the pages
+ * get it from disk): testing an old page would only confuse.
+ */
+export async function checkServedWeb(baseUrl) {
+  if (WEB_FROM_DISK) return;
+  for (const file of new Set(Object.values(WEB_FILES))) {
+    const served = await within(10_000, `GET /${file}`, fetch(new URL(`/${file}`, baseUrl)).then(r => r.text()));
+    const onDisk = await readFile(path.join(repoRoot, 'web', file), 'utf8');
+    assert.ok(served === onDisk, `${BIN} serves an older web/${file} than this checkout: run \`cargo build\` (or set PEERCAM_WEB_FROM_DISK=1)`);
+  }
+}
+
+/** With PEERCAM_WEB_FROM_DISK, answers the context's requests for the page's files from web/. */
+export async function serveWebFromDisk(context, baseUrl) {
+  if (!WEB_FROM_DISK) return;
+  const origin = new URL(baseUrl).origin;
+  await context.route(url => new URL(url).origin === origin && new URL(url).pathname in WEB_FILES, async route => {
+    const file = WEB_FILES[new URL(route.request().url()).pathname];
+    await route.fulfill({
+      body: await readFile(path.join(repoRoot, 'web', file), 'utf8'),
+      contentType: CONTENT_TYPES[path.extname(file).slice(1)],
+    });
+  });
+}
+
 /** Chromium's command line; `disableFeatures` adds to the features turned off. */
 export function chromiumArgs(disableFeatures = []) {
   return [
@@ -42,7 +79,9 @@ export function chromiumArgs(disableFeatures = []) {
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     // Offer plain host addresses instead of mDNS names: peercam need not resolve `.local`
     // names, and on a machine whose only interface is loopback the peers still connect.
-    `--disable-features=${['WebRtcHideLocalIpsWithMdns', ...disableFeatures].join(',')}`,
+    // A page served by Playwright's router (PEERCAM_WEB_FROM_DISK) has no address, so Chromium
+    // would treat its WebSocket to 127.0.0.1 as a public page reaching into the local network.
+    `--disable-features=${['WebRtcHideLocalIpsWithMdns', ...(WEB_FROM_DISK ? ['LocalNetworkAccessChecks'] : []), ...disableFeatures].join(',')}`,
     '--allow-loopback-in-peer-connection',
     // A moving test picture and a beeping microphone, granted without asking: people send
     // both, and the page lends its microphone to a camera with a speaker.
@@ -339,6 +378,30 @@ export async function press(sock, ...args) {
     await sleep(300);
   }
   assert.fail(`peercam press ${args.join(' ')} kept failing (${last.code}): ${last.stderr || last.stdout}`);
+}
+
+/**
+ * One line to the daemon's control socket, as `peercam press` and `status` write it, without
+ * starting a process (for timings); resolves with the reply line (`ok …` or `error …`).
+ */
+export async function controlLine(sock, line) {
+  const { createConnection } = await import('node:net');
+  return within(10_000, `the control socket's reply to ${JSON.stringify(line)}`, new Promise((resolve, reject) => {
+    const conn = createConnection(sock);
+    let reply = '';
+    conn.setEncoding('utf8');
+    conn.on('connect', () => conn.write(`${line}\n`));
+    conn.on('data', chunk => {
+      reply += chunk;
+      const end = reply.indexOf('\n');
+      if (end >= 0) {
+        conn.destroy();
+        resolve(reply.slice(0, end));
+      }
+    });
+    conn.on('error', reject);
+    conn.on('close', () => reject(new Error(`the control socket closed without a reply (${JSON.stringify(reply)})`)));
+  }));
 }
 
 /** Polls the daemon's status until `check(status)` holds; fails with `what` and the last status. */

@@ -9,21 +9,15 @@
 // instead (handy while working on the page without rebuilding).
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  BIN, Bench, PHONE, chromiumArgs, noSidewaysOverflow, openPage, repoRoot, screenshotPath, sleep, waitForMedia, waitForState, within,
+  Bench, PHONE, checkServedWeb, noSidewaysOverflow, openPage, screenshotPath, serveWebFromDisk, sleep, waitForMedia,
+  waitForState, within,
 } from './harness.mjs';
 
-const webDir = path.join(repoRoot, 'web');
-const WEB_FROM_DISK = process.env.PEERCAM_WEB_FROM_DISK === '1';
 const SCREENSHOT_INCOMING = screenshotPath('screenshot-incoming.png');
 const SCREENSHOT_CALL = screenshotPath('screenshot-people.png');
-const WEB_FILES = { '/': 'index.html', '/index.html': 'index.html', '/app.js': 'app.js', '/phonebook.js': 'phonebook.js', '/style.css': 'style.css' };
-const CONTENT_TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
-// A page served by Playwright's router (PEERCAM_WEB_FROM_DISK) has no address, so Chromium
-// would treat its WebSocket to 127.0.0.1 as a public page reaching into the local network.
-const CHROMIUM_ARGS = chromiumArgs(WEB_FROM_DISK ? ['LocalNetworkAccessChecks'] : []);
 /** The other's picture with sound, and one's own picture, all still moving. */
 const BOTH_WAYS = {
   media: 'media',
@@ -44,14 +38,7 @@ describe('people calling people through the phonebook', () => {
     await bench.open('peercam-people-');
     baseUrl = await startPhonebook('127.0.0.1:0');
 
-    if (!WEB_FROM_DISK) {
-      // Testing an old page would only confuse: say so plainly instead.
-      for (const file of ['index.html', 'app.js', 'phonebook.js', 'style.css']) {
-        const served = await within(10_000, `GET /${file}`, fetch(new URL(`/${file}`, baseUrl)).then(r => r.text()));
-        const onDisk = await readFile(path.join(webDir, file), 'utf8');
-        assert.ok(served === onDisk, `${BIN} serves an older web/${file} than this checkout: run \`cargo build\` (or set PEERCAM_WEB_FROM_DISK=1)`);
-      }
-    }
+    await checkServedWeb(baseUrl);
 
     alice = await openPage(await browser(), baseUrl, 'alice');
     bob = await openPage(await browser(), baseUrl, 'bob');
@@ -72,16 +59,8 @@ describe('people calling people through the phonebook', () => {
 
   /** A phone-sized Chromium on a fresh profile, so each person has a fake camera of their own. */
   async function browser() {
-    const context = await bench.browser({ args: CHROMIUM_ARGS, ...PHONE });
-    if (WEB_FROM_DISK) {
-      await context.route(url => new URL(url).origin === new URL(baseUrl).origin && new URL(url).pathname in WEB_FILES, async route => {
-        const file = WEB_FILES[new URL(route.request().url()).pathname];
-        await route.fulfill({
-          body: await readFile(path.join(webDir, file), 'utf8'),
-          contentType: CONTENT_TYPES[path.extname(file).slice(1)],
-        });
-      });
-    }
+    const context = await bench.browser(PHONE);
+    await serveWebFromDisk(context, baseUrl);
     return context;
   }
 
@@ -207,6 +186,79 @@ describe('people calling people through the phonebook', () => {
       await bob.click('#dismiss');
       await alice.uncheck('#dnd');
       await bob.waitForSelector('li[data-callee="alice"] .badge[data-presence="available"]', { timeout: 10_000 });
+    });
+  });
+
+  test('early media: a previewed call plays the caller at the callee while it rings, sends nothing back, and accept needs no new answer', { timeout: 90_000 }, async () => {
+    await bench.withDiagnostics([alice, bob], async () => {
+      // phonebook.js on both ends, each with a Phonebook of its own beside the page's.
+      await alice.evaluate(async () => {
+        const { Phonebook } = await import('/phonebook.js');
+        const pb = new Phonebook(undefined, { agent: 'peercam-test' });
+        const early = { pb, call: null, events: [] };
+        window.early = early;
+        await pb.registerCallee('carol', { kind: 'browser' }, call => {
+          early.call = call;
+          call.on('preview', stream => early.events.push(`preview ${stream.getTracks().length}`));
+          call.on('stateChange', state => early.events.push(state));
+          call.preview();
+        });
+      });
+      await bob.evaluate(async () => {
+        const { Phonebook } = await import('/phonebook.js');
+        const pb = new Phonebook(undefined, { agent: 'peercam-test' });
+        const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        const call = pb.makeCall('carol', { callerName: 'Bob' }, stream);
+        const early = { pb, call, events: [] };
+        window.early = early;
+        call.on('preview', remote => early.events.push(`preview ${remote.getTracks().length}`));
+        call.on('stateChange', state => early.events.push(state));
+      });
+      const media = page => page.evaluate(async () => {
+        const pc = window.early.call?.peerConnection;
+        const counts = { framesIn: 0, audioIn: 0, sent: 0, state: window.early.call?.state ?? null, events: window.early.events };
+        if (!pc || pc.signalingState === 'closed') return counts;
+        (await pc.getStats()).forEach(report => {
+          if (report.type === 'inbound-rtp' && report.kind === 'video') counts.framesIn += report.framesDecoded ?? 0;
+          if (report.type === 'inbound-rtp' && report.kind === 'audio') counts.audioIn += report.packetsReceived ?? 0;
+          if (report.type === 'outbound-rtp') counts.sent += report.packetsSent ?? 0;
+        });
+        return counts;
+      });
+      const until = async (page, what, check, timeout = 15_000) => {
+        const deadline = Date.now() + timeout;
+        let last;
+        while (Date.now() < deadline) {
+          last = await media(page);
+          if (check(last)) return last;
+          await sleep(200);
+        }
+        assert.fail(`${page.who}: ${what} within ${timeout} ms; last ${JSON.stringify(last)}`);
+      };
+      // Bob's picture and sound play at carol while it still rings...
+      await until(alice, 'bob\'s picture and sound never played while ringing', m => m.state === 'RINGING' && m.framesIn > 10 && m.audioIn > 0);
+      // ...and nothing goes back before accept. Bob applied the early answer.
+      const bobRinging = await media(bob);
+      assert.equal(bobRinging.state, 'RINGING');
+      assert.deepEqual(bobRinging.events, ['CONNECTING', 'RINGING', 'preview 2']);
+      assert.equal(bobRinging.framesIn, 0, `carol sent pictures before accepting: ${JSON.stringify(bobRinging)}`);
+      assert.equal((await media(alice)).sent, 0, 'carol sent packets before accepting');
+      await alice.evaluate(async () => {
+        const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+        await window.early.call.accept(stream);
+      });
+      // Accepted carries the same answer again: applied once, so bob's call is established
+      // (a second setRemoteDescription would fail it), and carol's tracks went onto the
+      // early answer's senders without a new negotiation.
+      const bobNow = await until(bob, 'carol\'s picture and sound never reached bob after accept', m => m.state === 'ESTABLISHED' && m.framesIn > 10 && m.audioIn > 0);
+      assert.deepEqual(bobNow.events, ['CONNECTING', 'RINGING', 'preview 2', 'ACCEPTED', 'ESTABLISHED']);
+      assert.deepEqual((await media(alice)).events, ['preview 2', 'ACCEPTED', 'ESTABLISHED']);
+      await bob.evaluate(() => {
+        window.early.call.end();
+        window.early.pb.close();
+      });
+      await alice.waitForFunction(() => window.early.call.state === 'ENDED', null, { timeout: 10_000 });
+      await alice.evaluate(() => window.early.pb.close());
     });
   });
 
