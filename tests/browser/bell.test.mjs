@@ -295,7 +295,7 @@ describe('the bell rings the household', () => {
       assert.match(refusal.reason, /only whoever answered/);
       assert.equal((await daemonStatus(sock)).indicators?.door, false);
 
-      await sleep(500); // a few more frames, so the picture is not the first one
+      await sleep(1_000); // a few more frames, so the picture is not the first one
       await noSidewaysOverflow(ada);
       await mkdir(path.dirname(SCREENSHOT), { recursive: true });
       await ada.screenshot({ path: SCREENSHOT });
