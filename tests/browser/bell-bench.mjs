@@ -42,7 +42,7 @@ async function until(what, timeout, check) {
   for (;;) {
     const value = await check();
     if (value) return value;
-    assert.ok(Date.now() < deadline, `timed out after ${timeout} ms: ${what}`);
+    assert.ok(Date.now() < deadline, `timed out after ${timeout} ms: ${typeof what === 'function' ? what() : what}`);
     await sleep(10);
   }
 }
@@ -123,9 +123,10 @@ try {
         const pressedAt = now();
         const reply = await controlLine(sock, 'bell');
         assert.match(reply, /^ok ringing ray, ada/, `the press: ${reply}`);
-        const marks = await until('both pages ringing with the door\'s picture', 15_000, async () => {
-          const got = await Promise.all(pages.map(page => page.evaluate(() => window.bellMarks)));
-          return got.every(m => Object.values(m).every(at => at !== null)) && got;
+        let last = null;
+        const marks = await until(() => `both pages ringing with the door's picture (press ${i}, ${mode}; marks ${JSON.stringify(last)})`, 15_000, async () => {
+          last = await Promise.all(pages.map(page => page.evaluate(() => window.bellMarks)));
+          return last.every(m => Object.values(m).every(at => at !== null)) && last;
         });
         const answerer = pages[i % 2];
         const other = pages[1 - (i % 2)];

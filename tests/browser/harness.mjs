@@ -233,6 +233,8 @@ export class Bench {
       }
       for (const proc of this.processes) lines.push(...proc.diagnostics());
       err.message += lines.join('\n');
+      // Node prints an assertion's stack, made when it was thrown: it carries the lines too.
+      if (typeof err.stack === 'string') err.stack += lines.join('\n');
       throw err;
     }
   }
