@@ -32,7 +32,7 @@ pub use offer::{OfferSummary, check_offer};
 pub use peer::{CallPeer, DATA_CHANNEL_LABEL, Feeds, MAX_TEXT_BYTES, PeerEvent};
 
 /// Log filter directives for webrtc-rs, for the default log filter (after `info`): its
-/// crates say only what goes wrong (`warn`), except four spots that warn at every normal
+/// crates say only what goes wrong (`warn`), except five spots that warn at every normal
 /// start or end of a call, where nothing went wrong, and say only `error`s here:
 ///
 /// * `webrtc_ice::agent::agent_internal`: closing the ICE agent closes the other end's
@@ -51,10 +51,15 @@ pub use peer::{CallPeer, DATA_CHANNEL_LABEL, Feeds, MAX_TEXT_BYTES, PeerEvent};
 /// * `webrtc::mux`: packets the other end sent while this one closed find their
 ///   transport gone ("mux: no endpoint for packet starting with 21"), and the closed
 ///   socket's read hands the last packet round once more.
+/// * `dtls::handshake::handshake_message_client_hello` (the DTLS crate is `dtls` in this
+///   line, not `webrtc_dtls`): every browser's ClientHello offers TLS 1.3 extensions
+///   (key_share, psk_key_exchange_modes, supported_versions) that DTLS 1.2 does not use,
+///   and it warns of each ("Unsupported Extension Type 0 51"), three times per call
+///   and candidate pair.
 ///
 /// The same targets' other warnings (STUN messages discarded, a data channel that could
 /// not open) go too; `RUST_LOG` replaces the whole filter when set, to see them.
-pub const LOG_DIRECTIVES: &str = "webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,\
+pub const LOG_DIRECTIVES: &str = "webrtc=warn,webrtc_ice=warn,webrtc_srtp=warn,\
 webrtc_sctp=warn,webrtc_ice::agent::agent_internal=error,\
 webrtc::peer_connection::peer_connection_internal=error,webrtc_sctp::association=error,\
-webrtc::mux=error";
+webrtc::mux=error,dtls=warn,dtls::handshake::handshake_message_client_hello=error";
