@@ -123,6 +123,8 @@ export class Peercam {
   constructor(name) {
     this.name = name;
     this.err = tail();
+    /** Every line it logged at WARN or ERROR, for the tests that expect none. */
+    this.warnings = [];
     this.out = tail(20);
     this.child = null;
     this.exit = null;
@@ -130,10 +132,20 @@ export class Peercam {
 
   /** Spawns `peercam ...args`; resolves with the URL it prints, as that is how it says it is ready. */
   start(args) {
-    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The default log filter, as a user runs it (a RUST_LOG of the shell's would replace it),
+    // unless the daemon's log is asked for (PEERCAM_SHOW_LOG, with a RUST_LOG to show).
+    const env = { ...process.env };
+    if (!process.env.PEERCAM_SHOW_LOG) delete env.RUST_LOG;
+    const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     this.child = child;
     this.exit = null;
-    child.stderr.setEncoding('utf8').on('data', chunk => this.err.push(chunk));
+    let partial = '';
+    child.stderr.setEncoding('utf8').on('data', chunk => {
+      this.err.push(chunk);
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop();
+      this.warnings.push(...lines.filter(line => / (WARN|ERROR) /.test(line)));
+    });
     return within(30_000, `the ${this.name} printing its URL`, new Promise((resolve, reject) => {
       let pending = '';
       child.stdout.setEncoding('utf8').on('data', chunk => {
