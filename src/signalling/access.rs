@@ -129,8 +129,11 @@ impl AccessSettings {
             }
             _ => {}
         }
+        // Where callers need credentials, only a device's token may place its bell's calls.
         for device in self.rings.keys() {
-            if !self.devices.keys().any(|d| d.eq_ignore_ascii_case(device)) {
+            if self.callers != CallerMode::Open
+                && !self.devices.keys().any(|d| d.eq_ignore_ascii_case(device))
+            {
                 return Err(format!(
                     "access.rings names {device:?}, which is not in [access.devices]: only a device with its token may ring"
                 ));
@@ -254,6 +257,15 @@ impl AccessSettings {
                 "this identity may not place calls".into(),
             )),
         }
+    }
+
+    /// How many names the device `name` may ring at once (its `rings` list).
+    pub fn rings_of(&self, name: &str) -> usize {
+        self.rings
+            .iter()
+            .filter(|(device, _)| device.eq_ignore_ascii_case(name))
+            .map(|(_, callees)| callees.len())
+            .sum()
     }
 
     fn credentials_needed(&self) -> Refused {

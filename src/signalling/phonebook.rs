@@ -1004,6 +1004,77 @@ mod tests {
     }
 
     #[test]
+    fn a_bell_may_ring_its_whole_household_at_once() {
+        let mut access = AccessSettings::default();
+        let household: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+        access.rings.insert("Cam".into(), household.clone());
+        let mut book = setup().with_access(access).with_limits(Limits {
+            pending_calls: 2,
+            ..Limits::default()
+        });
+        let mut pages = Vec::new();
+        for (i, name) in household.iter().enumerate() {
+            let conn = 10 + i as ConnId;
+            greeted(&mut book, conn);
+            book.handle(
+                conn,
+                ClientMessage::Register {
+                    name: name.clone(),
+                    meta: json!({}),
+                },
+            );
+            pages.push(conn);
+        }
+        let ring = |book: &mut Phonebook, conn: ConnId, id: &str, callee: &str| {
+            book.handle(
+                conn,
+                ClientMessage::Call {
+                    call_id: id.into(),
+                    callee: callee.into(),
+                    meta: json!({"kind": "bell"}),
+                    sdp: "offer".into(),
+                },
+            )
+        };
+        // The camera holds "cam", whose bell rings six: six unanswered calls, not two.
+        for (i, name) in household.iter().enumerate() {
+            assert!(codes(&ring(&mut book, DEVICE, &format!("b{i}"), name)).is_empty());
+        }
+        let seventh = ring(&mut book, DEVICE, "b7", "p0");
+        assert_eq!(codes(&seventh), vec![ErrorCode::TooManyCalls]);
+        // Everyone else keeps the limit.
+        assert!(codes(&call(&mut book, "c1")).is_empty());
+        assert!(codes(&call(&mut book, "c2")).is_empty());
+        assert_eq!(codes(&call(&mut book, "c3")), vec![ErrorCode::TooManyCalls]);
+        // The bell's own candidates and hang-ups draw on the larger allowance, as the
+        // callee's do; a page's on the calls it placed do not.
+        let candidate = ClientMessage::Candidate {
+            call_id: "b0".into(),
+            candidate: None,
+        };
+        assert!(book.answers_call(DEVICE, &candidate));
+        assert!(book.answers_call(pages[0], &candidate));
+        assert!(!book.answers_call(pages[1], &candidate));
+        let hangup = ClientMessage::Hangup {
+            call_id: "c1".into(),
+            reason: "bye".into(),
+        };
+        assert!(!book.answers_call(PAGE, &hangup));
+        assert!(book.answers_call(DEVICE, &hangup), "the callee's");
+        let ringing = ClientMessage::Ringing {
+            call_id: "c1".into(),
+            sdp: None,
+        };
+        assert!(!book.answers_call(PAGE, &ringing), "only the callee rings");
+        let rung = ClientMessage::Ringing {
+            call_id: "b0".into(),
+            sdp: None,
+        };
+        assert!(!book.answers_call(DEVICE, &rung));
+        assert!(book.answers_call(pages[0], &rung));
+    }
+
+    #[test]
     fn names_are_one_whatever_their_case_and_keep_their_spelling() {
         let mut book = setup();
         book.handle(PAGE, ClientMessage::Listen);
@@ -1127,7 +1198,8 @@ mod tests {
         assert_eq!(book.relay_target(DEVICE, &candidate), Some(PAGE));
         assert_eq!(book.relay_target(OTHER, &candidate), None);
         assert_eq!(book.relay_target(PAGE, &ClientMessage::Listen), None);
-        // Only the callee's messages on its own calls draw on the answering allowance.
+        // Only the callee's messages on its own calls draw on the answering allowance (and a
+        // bell's on the calls it placed: a_bell_may_ring_its_whole_household_at_once).
         assert!(book.answers_call(DEVICE, &candidate));
         assert!(!book.answers_call(PAGE, &candidate));
         assert!(!book.answers_call(DEVICE, &ClientMessage::Listen));

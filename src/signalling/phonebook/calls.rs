@@ -49,20 +49,35 @@ impl Phonebook {
     }
 
     /// Whether `msg` is `conn` answering a call made to it (`ringing`, `accept`,
-    /// `decline`, `candidate`, `hangup`): a camera sends those for every caller, so they
-    /// draw on a larger allowance.
+    /// `decline`, `candidate`, `hangup`), or a bell's `candidate` and `hangup` on a call it
+    /// placed: a camera sends those for every caller and for every phone its bell rings,
+    /// so they draw on a larger allowance (a page's own calls do not).
     pub fn answers_call(&self, conn: ConnId, msg: &ClientMessage) -> bool {
-        let call_id = match msg {
+        let (call_id, either_end) = match msg {
             ClientMessage::Ringing { call_id, .. }
             | ClientMessage::Accept { call_id, .. }
-            | ClientMessage::Decline { call_id, .. }
-            | ClientMessage::Candidate { call_id, .. }
-            | ClientMessage::Hangup { call_id, .. } => call_id,
+            | ClientMessage::Decline { call_id, .. } => (call_id, false),
+            ClientMessage::Candidate { call_id, .. } | ClientMessage::Hangup { call_id, .. } => {
+                (call_id, true)
+            }
             _ => return false,
         };
-        self.calls
-            .get(call_id)
-            .is_some_and(|route| route.callee_conn == conn)
+        self.calls.get(call_id).is_some_and(|route| {
+            route.callee_conn == conn
+                || (either_end && route.caller == conn && self.bell_rings(conn) > 0)
+        })
+    }
+
+    /// How many names the bell of a name `conn` holds rings (`access.rings`), if any.
+    fn bell_rings(&self, conn: ConnId) -> usize {
+        self.connections
+            .get(&conn)
+            .into_iter()
+            .flat_map(|c| &c.names)
+            .filter_map(|key| self.callees.get(key))
+            .map(|r| self.access.rings_of(&r.name))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The call messages of a greeted connection.
@@ -200,13 +215,14 @@ impl Phonebook {
             .values()
             .filter(|r| r.caller == conn && !r.accepted)
             .count();
-        if pending >= self.limits.pending_calls {
+        // A bell rings its whole household at once.
+        let allowed = self.limits.pending_calls.max(self.bell_rings(conn));
+        if pending >= allowed {
             return vec![error(
                 conn,
                 ErrorCode::TooManyCalls,
                 format!(
-                    "{pending} calls of this connection are still unanswered (the limit is {})",
-                    self.limits.pending_calls
+                    "{pending} calls of this connection are still unanswered (the limit is {allowed})"
                 ),
                 Some(&call_id),
             )];
