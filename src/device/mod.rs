@@ -20,7 +20,10 @@
 mod bell_tests;
 pub mod core;
 pub mod messages;
+pub mod peers;
 mod shell;
+#[cfg(test)]
+mod shell_tests;
 pub mod sides;
 #[cfg(test)]
 mod tests;
@@ -192,9 +195,12 @@ pub async fn run(
     let now = Instant::now();
     let mut shell = Shell {
         core: Doorbell::new(config, now),
-        engine,
+        factory: std::sync::Arc::new(peers::RtcPeers {
+            engine,
+            feeds: feeds.clone(),
+            audio: settings.audio.clone(),
+        }),
         feeds,
-        audio: settings.audio.clone(),
         phonebook: PhonebookSide::new(out_tx),
         peerjs: peerjs_side,
         peers: HashMap::new(),

@@ -17,11 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::core::{Action, Doorbell, Input, Lights, Notify, PeerReport, RequestId};
+use super::peers::{Made, Peer, PeerFactory};
 use super::sides::{CallerSide, PeerJsSide, PhonebookSide, deliver};
 use crate::control::{Control, ControlError, Reply, Request};
 use crate::gpio::{Indicators, Levels};
-use crate::media::audio::AudioSettings;
-use crate::rtc::{CallPeer, Feeds, PeerEvent, RtcEngine};
+use crate::rtc::{Feeds, PeerEvent};
 use crate::signalling::events::Side;
 use crate::signalling::protocol::ClientMessage;
 use crate::signalling::status::{CallStatus, Status};
@@ -33,7 +33,7 @@ pub(super) enum PeerNews {
     Made {
         call: String,
         offered: bool,
-        result: anyhow::Result<(CallPeer, String)>,
+        result: Made,
     },
     /// A made peer reported something.
     Event { call: String, event: PeerEvent },
@@ -42,12 +42,13 @@ pub(super) enum PeerNews {
 /// The device's IO: the peers, the sides, the indicators and the service manager.
 pub(super) struct Shell {
     pub(super) core: Doorbell,
-    pub(super) engine: Arc<RtcEngine>,
+    /// Makes the calls' peer connections.
+    pub(super) factory: Arc<dyn PeerFactory>,
+    /// The camera and microphone, for the status.
     pub(super) feeds: Feeds,
-    pub(super) audio: AudioSettings,
     pub(super) phonebook: PhonebookSide,
     pub(super) peerjs: Option<PeerJsSide>,
-    pub(super) peers: HashMap<String, CallPeer>,
+    pub(super) peers: HashMap<String, Box<dyn Peer>>,
     /// Where the peer tasks report.
     pub(super) peer_news: mpsc::UnboundedSender<PeerNews>,
     pub(super) indicators: Box<dyn Indicators>,
@@ -247,17 +248,15 @@ impl Shell {
     /// offer of the camera. The result, then the peer's events, come back as
     /// [`PeerNews`].
     fn make_peer(&self, call: String, offer: Option<String>) {
-        let engine = self.engine.clone();
-        let feeds = self.feeds.clone();
-        let audio = self.audio.clone();
         let news = self.peer_news.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let offered = offer.is_none();
+        let making = match offer {
+            Some(offer) => self.factory.answer(offer, tx),
+            None => self.factory.offer(tx),
+        };
         tokio::spawn(async move {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let offered = offer.is_none();
-            let result = match offer {
-                Some(offer) => CallPeer::answer(&engine, &offer, &feeds, &audio, tx).await,
-                None => CallPeer::offer(&engine, &feeds, &audio, tx).await,
-            };
+            let result = making.await;
             let made = result.is_ok();
             let id = call.clone();
             if news
