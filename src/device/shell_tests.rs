@@ -320,7 +320,11 @@ async fn the_bells_offers_answers_and_state_reach_the_peers_and_the_phonebook() 
     // Which fake peer is whose depends on which offer came back first.
     let log = rig.log();
     let peer_of_ray = log[0].split(' ').next().unwrap().to_owned();
-    let peer_of_ada = if peer_of_ray == "peer1" { "peer2" } else { "peer1" };
+    let peer_of_ada = if peer_of_ray == "peer1" {
+        "peer2"
+    } else {
+        "peer1"
+    };
     assert_eq!(
         log,
         [
