@@ -8,7 +8,7 @@ use serde_json::json;
 use super::core::{
     Action, BellConfig, Config, Directory, Doorbell, Input, Lights, MISSED_SHOW, PeerReport, Signal,
 };
-use crate::call::{AnswerRules, CallState, Role};
+use crate::call::{CallState, Role};
 use crate::control::{ControlError, Press};
 use crate::signalling::events::{BellState, DeviceEvent, Side, SkipReason};
 use crate::signalling::protocol::{IceCandidate, Presence};
@@ -16,14 +16,6 @@ use crate::signalling::protocol::{IceCandidate, Presence};
 fn config() -> Config {
     Config {
         name: "front-door".into(),
-        rules: AnswerRules {
-            auto: false,
-            allow: Vec::new(),
-            max_viewers: 4,
-            dnd_reason: "Do not disturb".into(),
-        },
-        ring_timeout: Duration::from_secs(30),
-        decline_reason: "Not now".into(),
         peerjs: false,
         bell: BellConfig {
             ring: vec!["ray".into(), "ada".into(), "bob".into()],
@@ -33,6 +25,7 @@ fn config() -> Config {
             meta: json!({"audio": true, "speaker": true}),
             call_prefix: "b".into(),
         },
+        ..super::tests::config()
     }
 }
 

@@ -13,7 +13,6 @@ use super::core::{BellConfig, Config, Directory, Doorbell, Input};
 use super::peers::{BoxFuture, Made, Peer, PeerFactory};
 use super::shell::{PeerNews, Shell};
 use super::sides::PhonebookSide;
-use crate::call::AnswerRules;
 use crate::control::{Control, Press, Request};
 use crate::gpio::simulated::LoggedIndicators;
 use crate::media::Codec;
@@ -135,19 +134,12 @@ fn rig(bell: Vec<&str>) -> Rig {
     let (out_tx, sent) = mpsc::unbounded_channel();
     let config = Config {
         name: "door".into(),
-        rules: AnswerRules {
-            auto: false,
-            allow: Vec::new(),
-            max_viewers: 4,
-            dnd_reason: "Do not disturb".into(),
-        },
-        ring_timeout: Duration::from_secs(30),
-        decline_reason: "Not now".into(),
         peerjs: false,
         bell: BellConfig {
             ring: bell.into_iter().map(str::to_owned).collect(),
             ..BellConfig::default()
         },
+        ..super::tests::config()
     };
     let shell = Shell {
         core: Doorbell::new(config, Instant::now()),

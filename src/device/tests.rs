@@ -15,7 +15,8 @@ use crate::control::Press;
 use crate::signalling::events::{DeviceEvent, Side};
 use crate::signalling::protocol::{IceCandidate, Presence};
 
-fn config() -> Config {
+/// The doorbell's settings in these tests; the bell's and the shell's tests start from it.
+pub(super) fn config() -> Config {
     Config {
         name: "bell".into(),
         rules: AnswerRules {
