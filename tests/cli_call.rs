@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use common::Daemon;
 
-fn peercam_call(daemon: &Daemon, callee: &str, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_peercam"))
+/// `peercam call CALLEE` on the daemon's phonebook, on loopback, with `extra` arguments.
+fn call_command(daemon: &Daemon, callee: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_peercam"));
+    command
         .args(["call", callee, "--phonebook", &daemon.ws, "--json"])
         .args([
             "--set",
@@ -20,7 +22,12 @@ fn peercam_call(daemon: &Daemon, callee: &str, extra: &[&str]) -> std::process::
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn peercam_call(daemon: &Daemon, callee: &str, extra: &[&str]) -> std::process::Child {
+    call_command(daemon, callee, extra)
         .spawn()
         .expect("peercam call starts")
 }
@@ -85,22 +92,12 @@ fn a_declined_call_reports_the_reason_and_fails() {
 #[test]
 fn a_call_ended_by_either_end_logs_nothing_above_info() {
     let daemon = Daemon::start("stoop", &["--answer", "auto"]);
+    // The default log filter, as a user runs it.
     let quiet = |extra: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_peercam"));
-        command
-            .args(["call", "stoop", "--phonebook", &daemon.ws, "--json"])
-            .args([
-                "--set",
-                "ice.loopback=true",
-                "--set",
-                "ice.interfaces=[\"lo\"]",
-            ])
-            .args(extra)
+        call_command(&daemon, "stoop", extra)
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command.spawn().expect("peercam call starts")
+            .spawn()
+            .expect("peercam call starts")
     };
     let check = |out: &Output| {
         let stderr = String::from_utf8_lossy(&out.stderr);
