@@ -298,6 +298,32 @@ fn wait_status(daemon: &Daemon, ok: impl Fn(&Value) -> bool) -> Value {
     tokio::task::block_in_place(|| daemon.wait_until(WAIT, ok))
 }
 
+/// Presses the bell until it rings whom `reply` says. The device hears of pages that came
+/// online through the callee list, a moment after they did: a press before it has heard
+/// of them all rings too few (it is hung up, and the pages forget that call) or nobody.
+async fn ring(daemon: &Daemon, reply: &str, pages: &mut [&mut Page]) {
+    let start = Instant::now();
+    loop {
+        let got = press(daemon, "bell");
+        if got.as_deref() == Ok(reply) {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the press said {got:?}, not {reply:?}"
+        );
+        if got.as_deref().is_ok_and(|r| r.starts_with("ringing")) {
+            assert!(press(daemon, "hangup").is_ok());
+            wait_status(daemon, |s| s["calls"] == json!([]));
+            for page in pages.iter_mut() {
+                page.pump(Duration::from_millis(100)).await;
+                page.calls.clear();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Pumps every page for a moment, so none holds back what the others wait for.
 async fn pump_all(pages: &mut [&mut Page]) {
     for page in pages.iter_mut() {
@@ -340,10 +366,12 @@ async fn the_bell_rings_the_online_household_with_the_door_showing_and_the_first
         .unwrap();
     assert!(warning.contains("zed"), "{warning}");
 
-    assert_eq!(
-        press(&daemon, "bell"),
-        Ok("ringing ray, ada (not zed offline)".into())
-    );
+    ring(
+        &daemon,
+        "ringing ray, ada (not zed offline)",
+        &mut [&mut ray, &mut ada],
+    )
+    .await;
     let rang = |p: &Page| p.calls.len() == 1;
     ray.until("ray's call", rang).await;
     ada.until("ada's call", rang).await;
@@ -510,16 +538,7 @@ async fn declines_and_the_ring_timeout_miss_the_press_and_nobody_online_misses_i
     let phonebook = phonebook_of(&daemon);
     let mut ray = Page::online(phonebook, "ray").await;
     let mut ada = Page::online(phonebook, "ada").await;
-    // The device hears of them through the callee list, a moment later.
-    let start = Instant::now();
-    let reply = loop {
-        match press(&daemon, "bell") {
-            Ok(reply) if reply.starts_with("ringing") => break reply,
-            _ if start.elapsed() < WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
-            other => panic!("{other:?}"),
-        }
-    };
-    assert_eq!(reply, "ringing ray, ada");
+    ring(&daemon, "ringing ray, ada", &mut [&mut ray, &mut ada]).await;
     let rang = |p: &Page| p.calls.len() == 1;
     ray.until("ray's call", rang).await;
     ada.until("ada's call", rang).await;
